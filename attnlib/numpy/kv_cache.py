@@ -1,0 +1,24 @@
+"""The KV cache on NumPy arrays (the shared logic is in ``attnlib._kv_cache``)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _kv_cache
+
+
+class LayerCache(_kv_cache.LayerCache):
+    __doc__ = _kv_cache.LayerCache.__doc__
+
+    @staticmethod
+    def _concatenate(old, new):
+        return np.concatenate([old, new], axis=-2)  # along the positions axis
+
+    @staticmethod
+    def _nbytes(x) -> int:
+        return x.nbytes
+
+
+class KVCache(_kv_cache.KVCache):
+    __doc__ = _kv_cache.KVCache.__doc__
+    layer_class = LayerCache

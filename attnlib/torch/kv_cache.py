@@ -1,0 +1,24 @@
+"""The KV cache on torch tensors (the shared logic is in ``attnlib._kv_cache``)."""
+
+from __future__ import annotations
+
+import torch
+
+from .. import _kv_cache
+
+
+class LayerCache(_kv_cache.LayerCache):
+    __doc__ = _kv_cache.LayerCache.__doc__
+
+    @staticmethod
+    def _concatenate(old, new):
+        return torch.cat([old, new], dim=-2)  # along the positions axis
+
+    @staticmethod
+    def _nbytes(x) -> int:
+        return x.numel() * x.element_size()
+
+
+class KVCache(_kv_cache.KVCache):
+    __doc__ = _kv_cache.KVCache.__doc__
+    layer_class = LayerCache
