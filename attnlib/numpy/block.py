@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _checks
 from ._module import Module, make_rng
 from .feedforward import FeedForward
 from .layernorm import LayerNorm

@@ -61,7 +61,9 @@ class TransformerLM(Module):
         start = 0 if kv_cache is None else kv_cache.length
         n = ids.shape[-1]
         if start + n > self.max_len:
-            raise ValueError(f"sequence of {start + n} positions (cached {start} + new {n}) exceeds max_len={self.max_len}")
+            raise ValueError(
+                f"sequence of {start + n} positions (cached {start} + new {n}) exceeds max_len={self.max_len}"
+            )
         x = self.token_embedding[ids] + self.position_embedding[start:start + n]  # (..., n, d_model)
         for index, block in enumerate(self.blocks):
             x = block(x, causal=self.causal, mask=mask, kv_cache=None if kv_cache is None else kv_cache[index])

@@ -28,7 +28,12 @@ class MultiHeadAttention(Module):
             setattr(self, f"w_{name}", uniform(rng, d_model, (d_model, d_model), dtype))
             if bias:
                 setattr(self, f"b_{name}", np.zeros(d_model, dtype=dtype))
-        self.last_weights = None
+        self._last_weights = None
+
+    @property
+    def last_weights(self):
+        """The previous call's attention weights, (..., n_heads, n_q, n_k); not a parameter."""
+        return self._last_weights
 
     def config(self) -> dict:
         return {"d_model": self.d_model, "n_heads": self.n_heads, "bias": self.bias}
@@ -57,7 +62,7 @@ class MultiHeadAttention(Module):
             k, v = kv_cache.append(k, v)  # (..., H, n_past + n, d_head): old keys are reused, not recomputed
 
         # 2. Scaled dot-product attention, for all heads at once (heads are just a batch dimension).
-        heads, self.last_weights = attention(q, k, v, mask=mask, causal=causal)  # (..., H, n, d_head)
+        heads, self._last_weights = attention(q, k, v, mask=mask, causal=causal)  # (..., H, n, d_head)
 
         # 3. Concatenate the heads back into one d_model-wide vector per position.
         heads = np.swapaxes(heads, -2, -3)  # (..., n, H, d_head)
