@@ -1,4 +1,4 @@
-"""PyTorch implementations: the same names as ``attnlib.numpy``, as functions and ``nn.Module``s (CPU, CUDA)."""
+"""PyTorch implementations: the same names as ``attnlib.numpy``, as functions and ``nn.Module`` classes (CPU, CUDA)."""
 
 from .attention import attention, causal_mask
 from .block import TransformerBlock
