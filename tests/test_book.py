@@ -1,0 +1,96 @@
+"""The book's structure: every chapter listed in _toc.yml exists, uses attnlib, checks claims and has exercises;
+and in the built site every internal link resolves."""
+
+import os
+import re
+from html.parser import HTMLParser
+from pathlib import Path
+from urllib.parse import unquote, urldefrag, urlparse
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = ROOT / "_build" / "html"
+
+
+def toc_files():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]]
+    for part in toc.get("parts", []):
+        for chapter in part["chapters"]:
+            files.append(chapter["file"])
+            files.extend(section["file"] for section in chapter.get("sections", []))
+    return files
+
+
+def source(name):
+    for suffix in ("", ".md", ".ipynb"):
+        path = ROOT / f"{name}{suffix}"
+        if path.is_file():
+            return path
+    return None
+
+
+TEACHING_CHAPTERS = [name for name in toc_files() if re.match(r"chapters/\d\d_", name)]
+
+
+def test_every_toc_entry_exists():
+    missing = [name for name in toc_files() if source(name) is None]
+    assert missing == []
+
+
+@pytest.mark.parametrize("name", TEACHING_CHAPTERS)
+def test_teaching_chapter_is_a_notebook_that_uses_attnlib_and_checks_itself(name):
+    text = source(name).read_text()
+    assert text.startswith("---\njupytext:"), "chapters are MyST notebooks with a jupytext header"
+    assert re.search(r"^(import attnlib|from attnlib)", text, re.M), "chapters import attnlib"
+    assert "## Claim checks" in text and re.search(r"^\s*assert ", text, re.M)
+    assert "## Summary" in text
+    assert "## Exercises" in text and ":::{exercise}" in text and ":::{solution}" in text
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links, self.ids = [], set()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if "id" in attrs:
+            self.ids.add(attrs["id"])
+        for key in ("href", "src"):
+            if attrs.get(key):
+                self.links.append(attrs[key])
+
+
+def _parse(path, cache={}):  # noqa: B006 - a per-run cache of parsed pages
+    if path not in cache:
+        parser = _Links()
+        parser.feed(path.read_text(errors="replace"))
+        cache[path] = parser
+    return cache[path]
+
+
+def test_internal_links_in_the_built_site_resolve():
+    if not (SITE / "index.html").is_file():
+        if os.environ.get("ATTNLIB_REQUIRE_BROWSER"):
+            pytest.fail("the built site _build/html is missing; build the book first")
+        pytest.skip("the built site _build/html is missing (run scripts/build-book.sh)")
+    broken = []
+    pages = [p for p in SITE.rglob("*.html") if p.relative_to(SITE).parts[0] not in ("_static", "_sources")]
+    assert len(pages) >= len(toc_files())
+    for page in pages:
+        for link in _parse(page).links:
+            parsed = urlparse(link)
+            if parsed.scheme or link.startswith(("//", "mailto:", "data:", "javascript:")):
+                continue
+            target, fragment = urldefrag(unquote(parsed.path) + ("#" + parsed.fragment if parsed.fragment else ""))
+            path = (page.parent / target).resolve() if target else page
+            if path.is_dir():
+                path = path / "index.html"
+            if not path.exists():
+                broken.append(f"{page.relative_to(SITE)} -> {link}")
+            elif fragment and path.suffix == ".html" and fragment not in _parse(path).ids:
+                broken.append(f"{page.relative_to(SITE)} -> {link} (no such anchor)")
+    assert broken == []
