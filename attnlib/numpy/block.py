@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._bookkeeping import BlockBookkeeping
 from ._module import Module, make_rng
 from .feedforward import FeedForward
 from .layernorm import LayerNorm
 from .multihead import MultiHeadAttention
 
 
-class TransformerBlock(Module):
+class TransformerBlock(BlockBookkeeping, Module):
     """Post-LN by default, x = norm(x + sublayer(x)); pre-LN with ``norm_first=True``, x = x + sublayer(norm(x)).
 
     Attribute names follow ``torch.nn.TransformerEncoderLayer`` (``norm1``, ``norm2``, ``norm_first``).
@@ -24,20 +25,6 @@ class TransformerBlock(Module):
         self.feed_forward = FeedForward(d_model, d_ff, activation=activation, seed=rng, dtype=dtype)
         self.norm1 = LayerNorm(d_model, eps=eps, dtype=dtype)
         self.norm2 = LayerNorm(d_model, eps=eps, dtype=dtype)
-
-    def config(self) -> dict:
-        return {"d_model": self.attention.d_model, "n_heads": self.attention.n_heads,
-                "d_ff": self.feed_forward.d_ff, "norm_first": self.norm_first,
-                "activation": self.feed_forward.activation, "eps": self.norm1.eps}
-
-    def parameter_counts(self, *, include_biases: bool = True) -> dict[str, int]:
-        """Parameters per sub-layer; ``include_biases=False`` counts only the weight matrices."""
-        def count(module):
-            return sum(p.size for _, p in module.named_parameters() if include_biases or p.ndim == 2)
-        counts = {"attention": count(self.attention), "feed_forward": count(self.feed_forward)}
-        counts["norms"] = (count(self.norm1) + count(self.norm2)) if include_biases else 0
-        counts["total"] = sum(counts.values())
-        return counts
 
     def __call__(self, x, *, causal=False, mask=None, kv_cache=None):
         x = np.asarray(x)

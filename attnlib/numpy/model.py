@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks
+from .._bookkeeping import LanguageModelBookkeeping
 from ._module import Module, make_rng
 from .block import TransformerBlock
 from .kv_cache import KVCache
 from .layernorm import LayerNorm
 
 
-class TransformerLM(Module):
+class TransformerLM(LanguageModelBookkeeping, Module):
     """Token + learned position embeddings -> ``n_layers`` independent blocks -> LayerNorm -> logits.
 
     ``causal=True`` (the default) makes it a GPT-style generator; ``causal=False`` an encoder (BERT-style).
@@ -31,25 +32,6 @@ class TransformerLM(Module):
                                         eps=eps, seed=rng, dtype=dtype) for _ in range(n_layers)]
         self.norm = LayerNorm(d_model, eps=eps, dtype=dtype)
         self.head = (rng.standard_normal((d_model, vocab_size)) * 0.02).astype(dtype)
-
-    def config(self) -> dict:
-        block = self.blocks[0].config()
-        return {"vocab_size": self.vocab_size, "d_model": block["d_model"], "n_heads": block["n_heads"],
-                "d_ff": block["d_ff"], "n_layers": len(self.blocks), "max_len": self.max_len,
-                "norm_first": block["norm_first"], "activation": block["activation"], "eps": block["eps"],
-                "causal": self.causal}
-
-    def parameter_counts(self) -> dict[str, int]:
-        per_block = [block.parameter_counts() for block in self.blocks]
-        counts = {
-            "embeddings": self.token_embedding.size + self.position_embedding.size,
-            "attention": sum(c["attention"] for c in per_block),
-            "feed_forward": sum(c["feed_forward"] for c in per_block),
-            "norms": sum(c["norms"] for c in per_block) + self.norm.num_parameters(),
-            "head": self.head.size,
-        }
-        counts["total"] = sum(counts.values())
-        return counts
 
     def new_cache(self) -> KVCache:
         return KVCache(len(self.blocks))

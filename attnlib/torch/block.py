@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from torch import nn
 
+from .._bookkeeping import BlockBookkeeping
 from .feedforward import FeedForward
 from .layernorm import LayerNorm
 from .multihead import MultiHeadAttention
 
 
-class TransformerBlock(nn.Module):
+class TransformerBlock(BlockBookkeeping, nn.Module):
     """Post-LN by default, x = norm(x + sublayer(x)); pre-LN with ``norm_first=True``, x = x + sublayer(norm(x))."""
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, *, norm_first: bool = False,
@@ -20,20 +21,6 @@ class TransformerBlock(nn.Module):
         self.feed_forward = FeedForward(d_model, d_ff, activation=activation)
         self.norm1 = LayerNorm(d_model, eps=eps)
         self.norm2 = LayerNorm(d_model, eps=eps)
-
-    def config(self) -> dict:
-        return {"d_model": self.attention.d_model, "n_heads": self.attention.n_heads,
-                "d_ff": self.feed_forward.d_ff, "norm_first": self.norm_first,
-                "activation": self.feed_forward.activation, "eps": self.norm1.eps}
-
-    def parameter_counts(self, *, include_biases: bool = True) -> dict[str, int]:
-        """Parameters per sub-layer; ``include_biases=False`` counts only the weight matrices."""
-        def count(module):
-            return sum(p.numel() for p in module.parameters() if include_biases or p.ndim == 2)
-        counts = {"attention": count(self.attention), "feed_forward": count(self.feed_forward)}
-        counts["norms"] = (count(self.norm1) + count(self.norm2)) if include_biases else 0
-        counts["total"] = sum(counts.values())
-        return counts
 
     @classmethod
     def from_torch(cls, layer: nn.TransformerEncoderLayer) -> TransformerBlock:

@@ -6,12 +6,13 @@ import torch
 from torch import nn
 
 from .. import _checks
+from .._bookkeeping import LanguageModelBookkeeping
 from .block import TransformerBlock
 from .kv_cache import KVCache
 from .layernorm import LayerNorm
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(LanguageModelBookkeeping, nn.Module):
     """Token + learned position embeddings -> ``n_layers`` independent blocks -> LayerNorm -> logits."""
 
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, d_ff: int, n_layers: int, max_len: int, *,
@@ -29,25 +30,6 @@ class TransformerLM(nn.Module):
         )
         self.norm = LayerNorm(d_model, eps=eps)
         self.head = nn.Parameter(torch.randn(d_model, vocab_size) * 0.02)
-
-    def config(self) -> dict:
-        block = self.blocks[0].config()
-        return {"vocab_size": self.vocab_size, "d_model": block["d_model"], "n_heads": block["n_heads"],
-                "d_ff": block["d_ff"], "n_layers": len(self.blocks), "max_len": self.max_len,
-                "norm_first": block["norm_first"], "activation": block["activation"], "eps": block["eps"],
-                "causal": self.causal}
-
-    def parameter_counts(self) -> dict[str, int]:
-        per_block = [block.parameter_counts() for block in self.blocks]
-        counts = {
-            "embeddings": self.token_embedding.numel() + self.position_embedding.numel(),
-            "attention": sum(c["attention"] for c in per_block),
-            "feed_forward": sum(c["feed_forward"] for c in per_block),
-            "norms": sum(c["norms"] for c in per_block) + sum(p.numel() for p in self.norm.parameters()),
-            "head": self.head.numel(),
-        }
-        counts["total"] = sum(counts.values())
-        return counts
 
     def new_cache(self) -> KVCache:
         return KVCache(len(self.blocks))
