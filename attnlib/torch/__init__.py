@@ -3,13 +3,24 @@
 from .attention import attention, causal_mask
 from .block import TransformerBlock
 from .feedforward import FeedForward, gelu, relu
+from .flash_attention import flash_attention, flash_attention_backward
 from .kv_cache import KVCache, LayerCache
 from .layernorm import LayerNorm
 from .model import TransformerLM
 from .multihead import MultiHeadAttention
+from .online_softmax import (
+    SoftmaxState,
+    merge,
+    online_softmax,
+    online_softmax_steps,
+    rescale_factor,
+    three_pass_softmax,
+)
 from .softmax import softmax
 
 __all__ = [
     "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "LayerNorm",
     "TransformerBlock", "TransformerLM", "KVCache", "LayerCache",
+    "SoftmaxState", "merge", "rescale_factor", "three_pass_softmax", "online_softmax", "online_softmax_steps",
+    "flash_attention", "flash_attention_backward",
 ]
