@@ -118,6 +118,8 @@ def flash_attention_backward(
     q, k, v, output, lse, grad_output, *, causal=False, scale=None, block_q=DEFAULT_BLOCK_Q, block_k=DEFAULT_BLOCK_K
 ):
     """(dq, dk, dv) of ``flash_attention`` from the saved output and ``lse`` (torch twin of the NumPy function)."""
+    block_q = DEFAULT_BLOCK_Q if block_q is None else block_q
+    block_k = DEFAULT_BLOCK_K if block_k is None else block_k
     scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
     batch_shape = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     output_shape = tuple(batch_shape) + (q.shape[-2], v.shape[-1])
@@ -135,6 +137,7 @@ def flash_attention_backward(
 
 
 def _validate(q, k, v, causal, scale, block_q, block_k):
+    """Check the inputs; return the scale (default 1/sqrt(d_k)) and the block sizes (None stays None)."""
     for name, x in (("q", q), ("k", k), ("v", v)):
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
@@ -142,8 +145,8 @@ def _validate(q, k, v, causal, scale, block_q, block_k):
     if not q.device == k.device == v.device:
         raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
     scale = _checks.scale(scale)
-    block_q = _checks.positive_int("block_q", block_q)
-    block_k = _checks.positive_int("block_k", block_k)
+    block_q = None if block_q is None else _checks.positive_int("block_q", block_q)
+    block_k = None if block_k is None else _checks.positive_int("block_k", block_k)
     if causal and k.shape[-2] < q.shape[-2]:
         raise ValueError(f"causal attention needs n_k >= n_q, got q {tuple(q.shape)} and k {tuple(k.shape)}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -151,24 +154,29 @@ def _validate(q, k, v, causal, scale, block_q, block_k):
 
 
 def _triton_module():
-    from . import flash_triton  # lazy: attnlib must import (and run on CPU) without triton
+    from . import flash_triton  # lazy: the kernel module is only loaded when a triton backend is asked for
 
     return flash_triton
 
 
-def _triton_available() -> bool:
-    try:
-        _triton_module()
-    except ImportError:
+def _triton_can_run(q, k, v) -> bool:
+    """Whether "auto" should pick the kernel: CUDA tensors, triton installed, and a dtype/head size it supports."""
+    if not q.is_cuda:
         return False
-    return True
+    flash_triton = _triton_module()
+    return (
+        flash_triton.available()
+        and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and q.shape[-1] == v.shape[-1]
+        and q.shape[-1] in flash_triton.HEAD_DIMS
+    )
 
 
-def _resolve_backend(backend: str, q: torch.Tensor) -> str:
+def _resolve_backend(backend: str, q, k, v) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if q.is_cuda and _triton_available() else "torch"
+        return "triton" if _triton_can_run(q, k, v) else "torch"
     return backend
 
 
@@ -188,7 +196,7 @@ class _FlashAttention(torch.autograd.Function):
         if backend == "triton":
             batch_shape = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
             q4, k4, v4 = (_as_four_dims(x, batch_shape) for x in (q, k, v))
-            output4, lse = _triton_module().forward(q4, k4, v4, causal, scale)
+            output4, lse = _triton_module().forward(q4, k4, v4, causal, scale, block_q=block_q, block_k=block_k)
             output = output4.reshape(tuple(batch_shape) + output4.shape[-2:])
         else:
             output, lse = forward_tiled(q, k, v, causal, scale, block_q, block_k)
@@ -206,7 +214,9 @@ class _FlashAttention(torch.autograd.Function):
         if backend == "triton":
             batch_shape = output.shape[:-2]
             q4, k4, v4, output4, grad4 = (_as_four_dims(x, batch_shape) for x in (q, k, v, output, grad_output))
-            dq4, dk4, dv4 = _triton_module().backward(q4, k4, v4, output4, lse, grad4.contiguous(), causal, scale)
+            dq4, dk4, dv4 = _triton_module().backward(
+                q4, k4, v4, output4, lse, grad4, causal, scale, block_q=block_q, block_k=block_k
+            )
             grads = [g.reshape(tuple(batch_shape) + g.shape[-2:]) for g in (dq4, dk4, dv4)]
             return tuple(g.sum_to_size(x.shape) for g, x in zip(grads, (q, k, v), strict=True)) + (None,) * 5
         dq, dk, dv = backward_tiled(q, k, v, output, lse, grad_output, causal, scale, block_q, block_k)
@@ -230,17 +240,15 @@ def flash_attention(
     q (..., n_q, d_k), k (..., n_k, d_k), v (..., n_k, d_v) -> output (..., n_q, d_v); batch dims broadcast.
     ``causal`` is bottom-right aligned as in ``attention``. ``backend``: "torch" (tiled, plain torch ops, any
     device), "triton" (the fused CUDA kernel) or "auto" (triton on CUDA when available, else torch).
-    ``block_q``/``block_k`` set the torch backend's tile (the triton kernel picks its own; giving them with
-    triton is an error). With ``return_lse`` also returns the row log-sum-exp (..., n_q), not differentiable.
+    ``block_q``/``block_k`` set the tile (None: 128 x 1024 for torch, the kernel's own choice for triton, which
+    needs powers of two >= 16). With ``return_lse`` also returns the row log-sum-exp (..., n_q), not differentiable.
     """
-    scale, block_q_used, block_k_used = _validate(
-        q, k, v, causal, scale,
-        DEFAULT_BLOCK_Q if block_q is None else block_q, DEFAULT_BLOCK_K if block_k is None else block_k,
-    )
-    backend = _resolve_backend(backend, q)
-    if backend == "triton" and (block_q is not None or block_k is not None):
-        raise ValueError(f"block_q/block_k apply to the torch backend only, got block_q={block_q}, block_k={block_k}")
-    output, lse = _FlashAttention.apply(q, k, v, bool(causal), scale, backend, block_q_used, block_k_used)
+    scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
+    backend = _resolve_backend(backend, q, k, v)
+    if backend == "torch":  # the triton kernel checks its own tiles (powers of two >= 16); None = its choice
+        block_q = DEFAULT_BLOCK_Q if block_q is None else block_q
+        block_k = DEFAULT_BLOCK_K if block_k is None else block_k
+    output, lse = _FlashAttention.apply(q, k, v, bool(causal), scale, backend, block_q, block_k)
     if return_lse:
         return output, lse.reshape(output.shape[:-1])  # (..., n_q)
     return output
