@@ -1,0 +1,282 @@
+"""The Triton FlashAttention kernels against PyTorch's scaled_dot_product_attention.
+
+Without CUDA the kernels run under Triton's interpreter (conftest.py sets TRITON_INTERPRET=1 before triton is
+imported), so every test here except the ``gpu`` ones runs on any Linux machine. The interpreter is slow, so
+the shapes are small; together they still cover ragged lengths, n_q != n_k, causal and not, several tile shapes
+and head dims 32/64, in float32 and float16. (bfloat16 ``tl.dot`` is wrong under the interpreter: GPU only.)
+"""
+
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+
+from attnlib.torch import causal_mask, flash_triton
+
+pytestmark = pytest.mark.skipif(
+    not flash_triton.available(), reason="triton is not importable here, so backend='triton' cannot run"
+)
+
+requires_cuda = pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device: compiled-kernel tests need a GPU (the interpreter ones ran)"
+)
+
+
+def random_qkv(shape_q, n_k, dtype, device="cpu", seed=0):
+    generator = torch.Generator(device=device).manual_seed(seed)
+    *batch, n_q, d = shape_q
+    q = torch.randn(*batch, n_q, d, generator=generator, device=device, dtype=torch.float32)
+    k = torch.randn(*batch, n_k, d, generator=generator, device=device, dtype=torch.float32)
+    v = torch.randn(*batch, n_k, d, generator=generator, device=device, dtype=torch.float32)
+    grad_output = torch.randn(*batch, n_q, d, generator=generator, device=device, dtype=torch.float32)
+    return [x.to(dtype) for x in (q, k, v, grad_output)]
+
+
+def sdpa_with_grads(q, k, v, grad_output, causal, scale):
+    """SDPA's output and gradients, causal aligned bottom-right (the library's convention) through an explicit mask."""
+    q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    mask = causal_mask(q.shape[-2], k.shape[-2], device=q.device) if causal else None
+    output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    output.backward(grad_output)
+    return output.detach(), q.grad, k.grad, v.grad
+
+
+def reference_lse(q, k, causal, scale):
+    scores = (q.double() @ k.double().transpose(-1, -2)) * scale  # (..., n_q, n_k)
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2], device=q.device), float("-inf"))
+    return torch.logsumexp(scores, dim=-1)
+
+
+def triton_with_grads(q, k, v, grad_output, causal, scale, **blocks):
+    output, lse = flash_triton.forward(q, k, v, causal, scale, **blocks)
+    return (output, *flash_triton.backward(q, k, v, output, lse, grad_output, causal, scale, **blocks)), lse
+
+
+def max_error(a, b):
+    return (a.double() - b.double()).abs().max().item()
+
+
+def assert_within_authors_rule(ours, low_precision, reference, eps):
+    """The FlashAttention authors' rule: our error vs an accurate reference <= 2x PyTorch's own error + eps."""
+    for name, mine, theirs, exact in zip(("output", "dq", "dk", "dv"), ours, low_precision, reference, strict=True):
+        assert mine.dtype == theirs.dtype
+        allowed = 2 * max_error(theirs, exact) + eps
+        assert max_error(mine, exact) <= allowed, f"{name}: error {max_error(mine, exact):.3g} > allowed {allowed:.3g}"
+
+
+# (n_q, n_k, d, causal, block_q, block_k): ragged lengths, both n_q < n_k and n_q > n_k, one query (decoding),
+# square and rectangular tiles. None = the default interpreter tile (32 x 32).
+FLOAT32_CASES = [
+    (64, 64, 32, False, None, None),
+    (77, 77, 32, True, None, None),
+    (50, 130, 64, True, 16, 32),
+    (130, 70, 32, False, 32, 16),
+    (1, 77, 32, True, None, None),
+    (96, 160, 32, True, 32, 64),
+    (200, 256, 64, False, 64, 32),
+]
+
+
+@pytest.mark.parametrize(("n_q", "n_k", "d", "causal", "block_q", "block_k"), FLOAT32_CASES)
+def test_float32_forward_lse_and_gradients_match_sdpa(n_q, n_k, d, causal, block_q, block_k):
+    q, k, v, grad_output = random_qkv((2, 2, n_q, d), n_k, torch.float32, seed=n_q + n_k)
+    scale = d**-0.5
+    (output, dq, dk, dv), lse = triton_with_grads(q, k, v, grad_output, causal, scale, block_q=block_q, block_k=block_k)
+    # Reference in float64 so that any error we see is the kernel's.
+    expected = sdpa_with_grads(*(x.double() for x in (q, k, v, grad_output)), causal, scale)
+
+    assert output.dtype == torch.float32 and output.shape == q.shape
+    assert lse.dtype == torch.float32 and lse.shape == q.shape[:-1]
+    for name, got, want in zip(("output", "dq", "dk", "dv"), (output, dq, dk, dv), expected, strict=True):
+        assert max_error(got, want) < 2e-5, f"{name}: max error {max_error(got, want):.3g}"
+    assert max_error(lse, reference_lse(q, k, causal, scale)) < 2e-5
+
+
+FLOAT16_CASES = [
+    (77, 77, 64, True, None, None),
+    (256, 256, 32, False, 64, 64),
+    (100, 200, 32, True, 16, 64),
+    (150, 90, 64, False, 32, 32),
+]
+
+
+@pytest.mark.parametrize(("n_q", "n_k", "d", "causal", "block_q", "block_k"), FLOAT16_CASES)
+def test_float16_within_twice_sdpa_error(n_q, n_k, d, causal, block_q, block_k):
+    q, k, v, grad_output = random_qkv((1, 2, n_q, d), n_k, torch.float16, seed=n_q * n_k)
+    scale = d**-0.5
+    ours, lse = triton_with_grads(q, k, v, grad_output, causal, scale, block_q=block_q, block_k=block_k)
+    reference = sdpa_with_grads(*(x.float() for x in (q, k, v, grad_output)), causal, scale)
+    pytorch_half = sdpa_with_grads(q, k, v, grad_output, causal, scale)
+
+    assert ours[0].dtype == torch.float16 and lse.dtype == torch.float32
+    assert_within_authors_rule(ours, pytorch_half, reference, eps=1e-4)
+    assert max_error(lse, reference_lse(q, k, causal, scale)) < 1e-3
+
+
+@given(
+    n_q=st.integers(1, 70),
+    extra_keys=st.integers(0, 40),
+    causal=st.booleans(),
+    block_q=st.sampled_from([16, 32, 64]),
+    block_k=st.sampled_from([16, 32, 64]),
+)
+def test_every_length_and_tile_combination(n_q, extra_keys, causal, block_q, block_k):
+    # Off-by-one errors in the block ranges (which key blocks are full, diagonal, ragged or skipped) show up as
+    # wrong rows for some lengths only, so sweep lengths that do and do not divide the tiles.
+    n_k = n_q + extra_keys
+    q, k, v, grad_output = random_qkv((1, 1, n_q, 16), n_k, torch.float32, seed=n_q * 100 + n_k)
+    ours, _ = triton_with_grads(q, k, v, grad_output, causal, 0.25, block_q=block_q, block_k=block_k)
+    expected = sdpa_with_grads(*(x.double() for x in (q, k, v, grad_output)), causal, 0.25)
+    for name, got, want in zip(("output", "dq", "dk", "dv"), ours, expected, strict=True):
+        assert max_error(got, want) < 2e-5, f"{name}: max error {max_error(got, want):.3g}"
+
+
+@pytest.mark.parametrize(("block_q", "block_k"), [(16, 32), (32, 16)])
+def test_every_causal_offset(block_q, block_k):
+    # With causal attention the kernels decide per tile whether it is skipped, masked (on the diagonal) or full.
+    # Those decisions depend on offset = n_k - n_q modulo the tile sizes, so try every residue.
+    n_q = 21
+    for offset in range(0, max(block_q, block_k) + 1):  # every residue modulo both tile sizes
+        q, k, v, grad_output = random_qkv((1, 1, n_q, 16), n_q + offset, torch.float32, seed=offset)
+        ours, _ = triton_with_grads(q, k, v, grad_output, True, 0.25, block_q=block_q, block_k=block_k)
+        expected = sdpa_with_grads(*(x.double() for x in (q, k, v, grad_output)), True, 0.25)
+        for name, got, want in zip(("output", "dq", "dk", "dv"), ours, expected, strict=True):
+            assert max_error(got, want) < 2e-5, f"offset {offset}, {name}: max error {max_error(got, want):.3g}"
+
+
+def test_any_leading_dimensions_and_a_custom_scale():
+    # (heads, n, d) with no batch, and a scale that is not 1/sqrt(d): the kernel must use the one it is given.
+    q, k, v, grad_output = random_qkv((3, 40, 32), 56, torch.float32, seed=1)
+    ours, _ = triton_with_grads(q, k, v, grad_output, True, 0.3)
+    expected = sdpa_with_grads(*(x.double() for x in (q, k, v, grad_output)), True, 0.3)
+    for got, want in zip(ours, expected, strict=True):
+        assert got.shape == want.shape
+        assert max_error(got, want) < 2e-5
+
+
+def test_rows_are_independent_of_the_tiling():
+    # The same problem cut into different tiles must give the same answer to float32 rounding.
+    q, k, v, _ = random_qkv((1, 1, 70, 32), 70, torch.float32, seed=2)
+    small, _ = flash_triton.forward(q, k, v, True, 0.2, block_q=16, block_k=16)
+    large, _ = flash_triton.forward(q, k, v, True, 0.2, block_q=64, block_k=32)
+    assert max_error(small, large) < 1e-6
+
+
+def test_lse_is_the_natural_log_logsumexp_of_the_scaled_scores():
+    q, k, v, _ = random_qkv((1, 1, 33, 16), 45, torch.float32, seed=3)
+    _, lse = flash_triton.forward(q, k, v, False, 0.25)
+    expected = torch.logsumexp((q @ k.transpose(-1, -2)) * 0.25, dim=-1)  # (1, 1, 33)
+    assert max_error(lse, expected) < 1e-5
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Malformed calls fail early, naming the argument
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def good_inputs(n_q=8, n_k=8, d=16):
+    return [torch.randn(1, 2, n, d) for n in (n_q, n_k, n_k)]
+
+
+@pytest.mark.parametrize(
+    ("change", "error", "words"),
+    [
+        (lambda q, k, v: (q[..., :12], k[..., :12], v[..., :12]), ValueError, "head dimension"),
+        (lambda q, k, v: (q.double(), k.double(), v.double()), TypeError, "float32, float16 or bfloat16"),
+        (lambda q, k, v: (q, k.half(), v), TypeError, "dtypes must match"),
+        (lambda q, k, v: (q, k[:1, :1], v[:1, :1]), ValueError, "leading"),
+        (lambda q, k, v: (q[0, 0], k[0, 0], v[0, 0]), ValueError, "leading"),
+        (lambda q, k, v: (q, k, v[..., :4, :]), ValueError, "same number of positions"),
+        (lambda q, k, v: (q, k, v.numpy()), TypeError, "torch tensors"),
+    ],
+)
+def test_bad_tensors_raise_naming_the_problem(change, error, words):
+    q, k, v = change(*good_inputs())
+    with pytest.raises(error, match=words):
+        flash_triton.forward(q, k, v, False, 0.25)
+
+
+def test_bad_arguments_raise_naming_the_argument():
+    q, k, v = good_inputs(n_q=8, n_k=4)
+    with pytest.raises(ValueError, match="n_k >= n_q"):
+        flash_triton.forward(q, k, v, True, 0.25)
+    q, k, v = good_inputs()
+    with pytest.raises(ValueError, match="scale"):
+        flash_triton.forward(q, k, v, False, -1.0)
+    with pytest.raises(TypeError, match="causal"):
+        flash_triton.forward(q, k, v, 1, 0.25)
+    with pytest.raises(ValueError, match="block_q"):
+        flash_triton.forward(q, k, v, False, 0.25, block_q=24)
+    output, lse = flash_triton.forward(q, k, v, False, 0.25)
+    with pytest.raises(ValueError, match="lse"):
+        flash_triton.backward(q, k, v, output, lse[..., :3], output, False, 0.25)
+    with pytest.raises(ValueError, match="grad_output"):
+        flash_triton.backward(q, k, v, output, lse, output[..., :3, :], False, 0.25)
+
+
+def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
+    monkeypatch.setattr(flash_triton, "interpreted", lambda: False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        flash_triton.forward(*good_inputs(), False, 0.25)
+
+
+def test_attnlib_imports_without_triton_and_says_why_triton_is_needed():
+    # A child process where `import triton` fails, as on a machine without it.
+    code = (
+        "import sys; sys.modules['triton'] = None\n"
+        "import torch, attnlib.torch\n"
+        "from attnlib.torch import flash_triton\n"
+        "assert not flash_triton.available()\n"
+        "q = torch.randn(1, 1, 4, 16)\n"
+        "try:\n"
+        "    flash_triton.forward(q, q, q, False, 0.25)\n"
+        "except ImportError as error:\n"
+        "    print(error)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert "needs the triton package" in result.stdout
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compiled kernels on a CUDA device
+# ---------------------------------------------------------------------------------------------------------------
+
+GPU_CASES = [  # (batch, heads, n, d, causal)
+    (2, 4, 128, 64, False),
+    (1, 4, 1000, 128, True),
+    (1, 2, 4097, 64, True),
+    (1, 4, 8192, 64, False),
+    (1, 4, 8192, 128, True),
+]
+
+
+@pytest.mark.gpu
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize(("batch", "heads", "n", "d", "causal"), GPU_CASES)
+def test_gpu_within_twice_sdpa_error(batch, heads, n, d, causal, dtype):
+    assert not flash_triton.interpreted(), "with CUDA present the kernels must be compiled, not interpreted"
+    torch.backends.cuda.matmul.allow_tf32 = False  # an exact float32 reference
+    q, k, v, grad_output = random_qkv((batch, heads, n, d), n, dtype, device="cuda", seed=n + d)
+    scale = d**-0.5
+    ours, _ = triton_with_grads(q, k, v, grad_output, causal, scale)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        reference = sdpa_with_grads(*(x.float() for x in (q, k, v, grad_output)), causal, scale)
+    pytorch_low = sdpa_with_grads(q, k, v, grad_output, causal, scale)
+    assert_within_authors_rule(ours, pytorch_low, reference, eps=1e-3)
+
+
+@pytest.mark.gpu
+@requires_cuda
+def test_gpu_float32_is_accurate():
+    q, k, v, grad_output = random_qkv((1, 2, 333, 64), 500, torch.float32, device="cuda", seed=4)
+    ours, _ = triton_with_grads(q, k, v, grad_output, True, 0.125)
+    expected = sdpa_with_grads(*(x.double() for x in (q, k, v, grad_output)), True, 0.125)
+    for got, want in zip(ours, expected, strict=True):
+        assert max_error(got, want) < 1e-4
+
