@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given
 from hypothesis import strategies as st
 
-from attnlib.torch import causal_mask, flash_triton
+from attnlib.torch import causal_mask, flash_attention, flash_triton
 
 pytestmark = pytest.mark.skipif(
     not flash_triton.available(), reason="triton is not importable here, so backend='triton' cannot run"
@@ -174,6 +174,23 @@ def test_lse_is_the_natural_log_logsumexp_of_the_scaled_scores():
     assert max_error(lse, expected) < 1e-5
 
 
+@pytest.mark.parametrize(
+    ("n_q", "n_k", "causal", "dtype"), [(45, 45, True, torch.float32), (30, 70, False, torch.float16)]
+)
+def test_flash_attention_triton_backend_trains_through_autograd(n_q, n_k, causal, dtype):
+    # The public entry point: attnlib.torch.flash_attention(..., backend="triton") and loss.backward().
+    q, k, v, grad_output = random_qkv((2, 3, n_q, 32), n_k, dtype, seed=5)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    output = flash_attention(q, k, v, causal=causal, backend="triton")
+    (output.float() * grad_output.float()).sum().backward()  # the loss whose output gradient is grad_output
+
+    reference = sdpa_with_grads(*(x.detach().double() for x in (q, k, v, grad_output)), causal, 32**-0.5)
+    pytorch = sdpa_with_grads(q.detach(), k.detach(), v.detach(), grad_output, causal, 32**-0.5)
+    ours = (output.detach(), q.grad, k.grad, v.grad)
+    assert all(x.dtype == dtype for x in ours)
+    # float32: as close as PyTorch's own float32 (plus rounding); float16: the authors' rule.
+    assert_within_authors_rule(ours, pytorch, reference, eps=1e-4 if dtype == torch.float16 else 2e-5)
+
 # ---------------------------------------------------------------------------------------------------------------
 # Malformed calls fail early, naming the argument
 # ---------------------------------------------------------------------------------------------------------------
@@ -190,7 +207,7 @@ def good_inputs(n_q=8, n_k=8, d=16):
         (lambda q, k, v: (q.double(), k.double(), v.double()), TypeError, "float32, float16 or bfloat16"),
         (lambda q, k, v: (q, k.half(), v), TypeError, "dtypes must match"),
         (lambda q, k, v: (q, k[:1, :1], v[:1, :1]), ValueError, "leading"),
-        (lambda q, k, v: (q[0, 0], k[0, 0], v[0, 0]), ValueError, "leading"),
+        (lambda q, k, v: (q[0, 0], k[0, 0], v[0, 0]), ValueError, "at least 3 dimension"),
         (lambda q, k, v: (q, k, v[..., :4, :]), ValueError, "same number of positions"),
         (lambda q, k, v: (q, k, v.numpy()), TypeError, "torch tensors"),
     ],

@@ -426,14 +426,19 @@ def _check_inputs(q, k, v, causal, scale):
     if not all(isinstance(x, torch.Tensor) for x in (q, k, v)):
         kinds = ", ".join(type(x).__name__ for x in (q, k, v))
         raise TypeError(f"q, k and v must be torch tensors, got {kinds}")
-    _checks.qkv(q, k, v)
+    for name, x in (("q", q), ("k", k), ("v", v)):
+        # No scan for NaN here: it would read every tensor once more and wait for the GPU on each call.
+        _checks.floating_array(name, x, min_ndim=3, finite=False)
+    _checks.same_dtype(q=q, k=k, v=v)
     if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         raise TypeError(f"q, k and v must be float32, float16 or bfloat16 for backend='triton', got {q.dtype}")
     shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-    if q.ndim < 3 or not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
+    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
         raise ValueError(f"q, k and v must share their leading (batch, head) dimensions, got {shapes}")
+    if k.shape[-2] != v.shape[-2]:
+        raise ValueError(f"k and v must have the same number of positions (dim -2), got {shapes}")
     head_dim = q.shape[-1]
-    if head_dim not in HEAD_DIMS or v.shape[-1] != head_dim:
+    if head_dim not in HEAD_DIMS or k.shape[-1] != head_dim or v.shape[-1] != head_dim:
         raise ValueError(f"backend='triton' needs q, k and v to share a head dimension in {HEAD_DIMS}, got {shapes}")
     if not isinstance(causal, bool):
         raise TypeError(f"causal must be True or False, got {causal!r}")
