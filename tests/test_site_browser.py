@@ -1,0 +1,225 @@
+"""The built website in a real browser (Debian's Chromium driven by Playwright), served from 127.0.0.1.
+
+Every request to another host is blocked and counted. Every page must load with no off-host request, no failed
+request and no console error, and every interactive figure must draw and react to the reader with no kernel.
+Screenshots go to test-artifacts/. ATTNLIB_SITE=<folder> tests another built copy of the site. Without the
+built site or Chromium these tests skip, saying why, unless ATTNLIB_REQUIRE_BROWSER=1 (set by CI), which turns
+the skip into a failure.
+"""
+
+from __future__ import annotations
+
+import functools
+import http.server
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = Path(os.environ.get("ATTNLIB_SITE", ROOT / "_build" / "html"))  # another built copy, if set
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = ROOT / "test-artifacts"
+REQUIRED = os.environ.get("ATTNLIB_REQUIRE_BROWSER") == "1"
+LAUNCH_ARGS = ["--no-sandbox", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+               "--no-first-run", "--disable-gpu"]
+WIDGET_VIEW = 'script[type="application/vnd.jupyter.widget-view+json"]'
+VIRIDIS_ZERO = "rgb(68,1,84)"  # the colour of a weight of exactly 0
+
+pytestmark = pytest.mark.browser
+
+
+def unavailable(reason: str):
+    if REQUIRED:
+        pytest.fail(f"{reason} (ATTNLIB_REQUIRE_BROWSER=1 makes this a failure)")
+    pytest.skip(reason)
+
+
+def site_pages() -> list[str]:
+    """Every HTML page of the site, as paths relative to its root (assets and sources excluded)."""
+    skip = {"_static", "_sources", "vendor", "_images"}
+    return sorted(p.relative_to(SITE).as_posix() for p in SITE.rglob("*.html")
+                  if p.relative_to(SITE).parts[0] not in skip)
+
+
+def pages_with(widget_class: str) -> list[str]:
+    """Pages whose saved widget state holds a figure of this class (anywidget records the class path)."""
+    marker = f'"_anywidget_id": "attnlib.widgets.{widget_class}"'
+    return [page for page in site_pages() if marker in (SITE / page).read_text(errors="replace")]
+
+
+@pytest.fixture(scope="module")
+def site_url():
+    if not (SITE / "index.html").is_file():
+        unavailable(f"the built site is missing ({SITE}); run scripts/build-book.sh first")
+
+    class QuietHandler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(QuietHandler, directory=SITE))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not CHROMIUM.exists():
+        unavailable(f"Chromium is not installed at {CHROMIUM} (on Debian: apt-get install chromium)")
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        unavailable("the playwright Python package is not installed")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
+        yield chromium
+        chromium.close()
+
+
+@dataclass
+class Visit:
+    """A page loaded in a fresh browser context, with everything that went wrong while loading it."""
+
+    page: object
+    off_host: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    console_errors: list[str] = field(default_factory=list)
+
+    def problems(self) -> dict[str, list[str]]:
+        return {"off-host requests": self.off_host, "failed requests": self.failed,
+                "console errors": self.console_errors}
+
+
+@pytest.fixture
+def open_page(browser, site_url):
+    contexts = []
+
+    def open_(path: str) -> Visit:
+        context = browser.new_context(viewport={"width": 1280, "height": 900})
+        contexts.append(context)
+        page = context.new_page()
+        visit = Visit(page)
+        local_host = urlparse(site_url).hostname
+
+        def route(route):
+            url = route.request.url
+            if urlparse(url).scheme in ("http", "https") and urlparse(url).hostname != local_host:
+                visit.off_host.append(url)
+                route.abort()
+            else:
+                route.continue_()
+
+        context.route("**/*", route)
+        page.on("console", lambda message: message.type == "error" and visit.console_errors.append(message.text))
+        page.on("pageerror", lambda error: visit.console_errors.append(f"uncaught: {error}"))
+        page.on("requestfailed", lambda request: request.url not in visit.off_host
+                and visit.failed.append(f"{request.url} ({request.failure})"))
+        page.on("response", lambda response: response.status >= 400
+                and visit.failed.append(f"{response.url} (HTTP {response.status})"))
+        page.goto(site_url + path, wait_until="load")
+        page.wait_for_load_state("networkidle")
+        views = page.locator(WIDGET_VIEW).count()
+        if views:  # html-manager draws the saved widgets after the page has loaded
+            page.wait_for_function(
+                f"document.querySelectorAll('.attnlib-figure').length >= {views}", timeout=30_000
+            )
+            page.wait_for_load_state("networkidle")
+        return visit
+
+    yield open_
+    for context in contexts:
+        context.close()
+
+
+def screenshot(locator, name: str) -> bytes:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return locator.screenshot(path=str(ARTIFACTS / f"{name}.png"))
+
+
+def page_for(widget_class: str) -> str:
+    pages = pages_with(widget_class)
+    if not pages:
+        unavailable(f"no page of the built site shows a {widget_class} (is chapters/widgets_gallery in _toc.yml?)")
+    return pages[0]
+
+
+# --- every page -----------------------------------------------------------------------------------------------
+
+
+def test_site_has_pages(site_url):
+    assert len(site_pages()) >= 2
+
+
+@pytest.mark.parametrize("path", site_pages() if SITE.is_dir() else ["index.html"])
+def test_page_loads_offline_without_errors(open_page, path):
+    visit = open_page(path)
+    assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}
+    views = visit.page.locator(WIDGET_VIEW).count()
+    figures = visit.page.locator(".attnlib-figure")
+    assert figures.count() >= views, "every saved widget view is drawn"
+    for index in range(figures.count()):  # a figure that failed would show an empty box or an error message
+        figure = figures.nth(index)
+        assert figure.locator(".attnlib-error").count() == 0, figure.inner_text()
+        assert figure.locator("svg *, canvas").count() > 0, f"figure {index} on {path} drew nothing"
+
+
+# --- the attention explorer -----------------------------------------------------------------------------------
+
+
+def explorer_cells(figure):
+    """(i, j, fill) of every heatmap cell in the first heatmap of the figure."""
+    return figure.locator("svg[data-role=heatmap]").first.evaluate(
+        "svg => [...svg.querySelectorAll('rect[data-i]')]"
+        ".map(r => [+r.dataset.i, +r.dataset.j, r.getAttribute('fill')])"
+    )
+
+
+def test_attention_explorer_causal_toggle_zeroes_the_upper_triangle(open_page):
+    path = page_for("attention_explorer.AttentionExplorer")
+    visit = open_page(path)
+    figure = visit.page.locator(".attnlib-explorer").first
+    toggle = figure.locator("button[data-role=causal]")
+    if toggle.count() == 0:
+        pytest.skip("the first explorer on the site has only one kind of map")
+    figure.locator("button[data-role=bidirectional]").click()
+    before_cells = explorer_cells(figure)
+    before = screenshot(figure, "attention_explorer_bidirectional")
+    toggle.click()
+    after_cells = explorer_cells(figure)
+    after = screenshot(figure, "attention_explorer_causal")
+    assert after_cells != before_cells and after != before, "the causal toggle changed the heatmap"
+    upper = [fill for i, j, fill in after_cells if j > i]
+    assert upper and all(fill == VIRIDIS_ZERO for fill in upper), "above the diagonal every weight is 0"
+    assert any(fill != VIRIDIS_ZERO for i, j, fill in before_cells if j > i)
+    assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}
+
+
+def test_attention_explorer_hover_shows_weight_and_row(open_page):
+    visit = open_page(page_for("attention_explorer.AttentionExplorer"))
+    figure = visit.page.locator(".attnlib-explorer").first
+    cell = figure.locator("svg[data-role=heatmap] rect[data-i='1'][data-j='0']").first
+    cell.hover()
+    tooltip = figure.locator(".attnlib-tooltip")
+    assert tooltip.is_visible()
+    assert "→" in tooltip.inner_text() and any(ch.isdigit() for ch in tooltip.inner_text())
+    assert figure.locator(".attnlib-readout .attnlib-chip").count() > 0, "the hovered row is spelled out"
+    screenshot(figure, "attention_explorer_hover")
+
+
+def test_attention_explorer_all_heads_as_small_multiples(open_page):
+    visit = open_page(page_for("attention_explorer.AttentionExplorer"))
+    figure = visit.page.locator(".attnlib-explorer").first
+    select = figure.locator("select[data-role=head]")
+    if select.count() == 0:
+        pytest.skip("the first explorer on the site has a single head")
+    n_heads = select.locator("option").count() - 1  # the last option is "all heads"
+    select.select_option("-1")
+    assert figure.locator("svg[data-role=heatmap]").count() == n_heads
+    screenshot(figure, "attention_explorer_all_heads")
+    assert visit.console_errors == []
