@@ -53,7 +53,7 @@ from attnlib.torch import flash_attention as torch_flash_attention  # noqa: E402
 
 D = 64
 SIZES = [512, 1024, 2048, 4096, 8192, 16384]
-QUICK_SIZES = [512, 1024]
+QUICK_SIZES = [512, 1024, 4096]
 METHODS = ["flash_numpy", "naive_numpy", "torch_sdpa", "flash_torch"]
 RESULTS = Path(__file__).resolve().parent / "results" / "flash_cpu.json"
 
@@ -209,8 +209,8 @@ def evaluate_goals(results: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--quick", action="store_true", help="small sizes only; print instead of writing the file")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--quick", action="store_true", help="small sizes only; writes a file only if --out is given")
+    parser.add_argument("--out", type=Path, default=None, help=f"where to write the JSON (default {RESULTS})")
     parser.add_argument("--memory-child", nargs=2, metavar=("METHOD", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_child:
@@ -247,12 +247,13 @@ def main() -> None:
         "results": results,
         "goals": evaluate_goals(results),
     }
-    if args.quick:
+    if args.quick and args.out is None:
         print(json.dumps(report["goals"], indent=1))
         return
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out} in {info['total_runtime_s']:.0f} s; goals: {json.dumps(report['goals'])}")
+    out = args.out or RESULTS
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out} in {info['total_runtime_s']:.0f} s; goals: {json.dumps(report['goals'])}")
 
 
 if __name__ == "__main__":
