@@ -127,12 +127,16 @@ def test_backward_equals_autograd_of_naive_attention(problem, block_q, block_k):
         np.testing.assert_allclose(got, want.numpy(), rtol=0, atol=1e-10)
 
 
-def test_float32_stays_float32_and_scale_is_used():
+def test_dtype_is_kept_and_scale_is_used():
     rng = np.random.default_rng(2)
     q, k, v = (rng.standard_normal((2, 50, 16)).astype(np.float32) for _ in range(3))
     got = flash_attention(q, k, v, scale=0.3, block_q=16, block_k=32)
     assert got.dtype == np.float32
     np.testing.assert_allclose(got, attention(q, k, v, scale=0.3)[0], rtol=0, atol=1e-5)
+    # float16 in, float16 out, but m, l and acc are kept in float32: the error is float16 rounding only.
+    half = flash_attention(*(x.astype(np.float16) for x in (q, k, v)), scale=0.3, block_q=16, block_k=32)
+    assert half.dtype == np.float16
+    np.testing.assert_allclose(half.astype(np.float32), got, rtol=0, atol=2e-3)
 
 
 @pytest.mark.parametrize("causal", [False, True])

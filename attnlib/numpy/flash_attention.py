@@ -26,7 +26,7 @@ DEFAULT_BLOCK_Q = 128
 DEFAULT_BLOCK_K = 1024
 
 
-@dataclass
+@dataclass(eq=False)
 class FlashStep:
     """One (query block i, key block j) step of the forward pass, as recorded by a ``FlashTrace``.
 
@@ -50,7 +50,7 @@ class FlashStep:
     acc: np.ndarray
 
 
-@dataclass
+@dataclass(eq=False)
 class FlashTrace:
     """Pass ``trace=FlashTrace()`` to ``flash_attention`` to record every step (for teaching, small inputs).
 
@@ -100,6 +100,11 @@ def _tile_causal_mask(q_start, q_end, k_start, k_end, offset) -> np.ndarray:
     return np.arange(k_start, k_end)[None, :] <= query_positions
 
 
+def _compute_dtype(dtype) -> np.dtype:
+    """float16 inputs are computed in float32: m, l and acc need the range and the precision."""
+    return np.promote_types(dtype, np.float32)
+
+
 def _key_stop(q_end: int, n_k: int, offset: int, causal: bool) -> int:
     """One past the last key any query row in [.., q_end) may see: key blocks from there on are all masked."""
     return min(n_k, q_end + offset) if causal else n_k
@@ -138,12 +143,14 @@ def flash_attention(
     ``trace``: a ``FlashTrace`` to fill with every step (copies of each tile: use small inputs).
     """
     q, k, v, scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
+    input_dtype = q.dtype
     if trace is not None and not isinstance(trace, FlashTrace):
         raise TypeError(f"trace must be a FlashTrace or None, got {type(trace).__name__}")
     n_q, n_k, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
     offset = n_k - n_q  # query row r sits at absolute position r + offset (bottom-right causal alignment)
     batch_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    dtype = np.result_type(q, k, v)
+    dtype = _compute_dtype(q.dtype)
+    q, k, v = q.astype(dtype, copy=False), k.astype(dtype, copy=False), v.astype(dtype, copy=False)
     output = np.empty(batch_shape + (n_q, d_v), dtype=dtype)
     lse = np.empty(batch_shape + (n_q,), dtype=dtype)
     if trace is not None:
@@ -192,6 +199,7 @@ def flash_attention(
         output[..., q_start:q_end, :] = acc / l[..., None]  # the one division by l
         lse[..., q_start:q_end] = m + np.log(l)
 
+    output = output.astype(input_dtype, copy=False)
     if trace is not None:
         trace.output, trace.lse = output.copy(), lse.copy()
     return (output, lse) if return_lse else output
@@ -241,10 +249,12 @@ def flash_attention_backward(
                 f"{name} must have shape {expected} for q {q.shape}, k {k.shape}, v {v.shape}; got {tuple(x.shape)}"
             )
 
-    dtype = np.result_type(q, k, v)
+    dtype = _compute_dtype(q.dtype)
+    input_dtype = q.dtype
     offset = n_k - n_q
     # Broadcast views (no copies) so every gradient has the full batch shape; summed back at the end.
     q_shape, k_shape, v_shape = q.shape, k.shape, v.shape
+    q, k, v, output, lse, grad_output = (x.astype(dtype, copy=False) for x in (q, k, v, output, lse, grad_output))
     q = np.broadcast_to(q, batch_shape + q.shape[-2:])
     k = np.broadcast_to(k, batch_shape + k.shape[-2:])
     v = np.broadcast_to(v, batch_shape + v.shape[-2:])
@@ -278,4 +288,5 @@ def flash_attention_backward(
         dk[..., k_start:k_end, :] = dk_block
         dv[..., k_start:k_end, :] = dv_block
 
-    return _sum_to_shape(dq, q_shape), _sum_to_shape(dk, k_shape), _sum_to_shape(dv, v_shape)
+    grads = _sum_to_shape(dq, q_shape), _sum_to_shape(dk, k_shape), _sum_to_shape(dv, v_shape)
+    return tuple(grad.astype(input_dtype, copy=False) for grad in grads)

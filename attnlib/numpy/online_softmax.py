@@ -39,7 +39,7 @@ def rescale_factor(m_old, m_new) -> np.ndarray:
     return np.where(nothing_seen, 1.0, np.exp(m_old - np.where(nothing_seen, 0.0, m_new)))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on arrays would be elementwise: compare .m and .l instead
 class SoftmaxState:
     """What a row's softmax needs to remember about the entries seen so far.
 

@@ -30,7 +30,7 @@ def rescale_factor(m_old: torch.Tensor, m_new: torch.Tensor) -> torch.Tensor:
     return torch.where(nothing_seen, torch.ones_like(m_new), torch.exp(m_old - safe_new))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)  # eq on arrays would be elementwise: compare .m and .l instead
 class SoftmaxState:
     """Running maximum ``m`` and running sum ``l = sum(exp(x - m))`` of each row, shaped ``x.shape[:-1]``."""
 
