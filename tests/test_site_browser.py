@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import http.server
 import os
+import re
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,3 +224,50 @@ def test_attention_explorer_all_heads_as_small_multiples(open_page):
     assert figure.locator("svg[data-role=heatmap]").count() == n_heads
     screenshot(figure, "attention_explorer_all_heads")
     assert visit.console_errors == []
+
+
+# --- the steppers ---------------------------------------------------------------------------------------------
+
+
+def texts(figure, selector: str) -> list[str]:
+    return figure.locator(selector).all_inner_texts()
+
+
+def test_tile_stepper_next_back_play_and_final_check(open_page):
+    from playwright.sync_api import expect
+
+    visit = open_page(page_for("tile_stepper.TileStepper"))
+    figure = visit.page.locator(".attnlib-tiles").first
+    counter = figure.locator("[data-role=counter]")
+    first = (texts(figure, ".attnlib-m"), texts(figure, ".attnlib-l"), counter.inner_text())
+    screenshot(figure, "tile_stepper_step_1")
+    figure.locator("button[data-role=next]").click()
+    second = (texts(figure, ".attnlib-m"), texts(figure, ".attnlib-l"), counter.inner_text())
+    screenshot(figure, "tile_stepper_step_2")
+    assert second[0] != first[0] or second[1] != first[1], "next changed the displayed m or l"
+    assert second[2] != first[2]
+    figure.locator("button[data-role=back]").click()
+    assert (texts(figure, ".attnlib-m"), texts(figure, ".attnlib-l"), counter.inner_text()) == first
+    figure.locator("button[data-role=play]").click()
+    expect(counter).not_to_have_text(re.compile(r"^step 1 "), timeout=5_000)  # playing moves on by itself
+    figure.locator("button[data-role=play]").click()  # pause
+    figure.locator("button[data-role=end]").click()
+    check = figure.locator("[data-role=final-check]")
+    assert "✓" in check.inner_text() and check.locator(".attnlib-ok").count() == 1
+    assert figure.locator("[data-role=score-grid] .attnlib-tile-highlight").count() == 1
+    screenshot(figure, "tile_stepper_last_step")
+    assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}
+
+
+def test_exam_grader_corrects_the_total_when_a_new_best_arrives(open_page):
+    visit = open_page(page_for("exam_grader.ExamGrader"))
+    figure = visit.page.locator(".attnlib-exams").first
+    first = (texts(figure, ".attnlib-m"), texts(figure, ".attnlib-l"))
+    figure.locator("button[data-role=next]").click()
+    second = (texts(figure, ".attnlib-m"), texts(figure, ".attnlib-l"))
+    assert second != first, "next changed the displayed m and l"
+    screenshot(figure, "exam_grader_batch_2")
+    figure.locator("button[data-role=end]").click()
+    assert "✓" in figure.locator("[data-role=final-check]").inner_text()
+    screenshot(figure, "exam_grader_last_batch")
+    assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}

@@ -12,7 +12,8 @@ import torch
 
 import attnlib.numpy as an
 import attnlib.torch as at
-from attnlib.widgets import ALL_HEADS, AttentionExplorer
+from attnlib.numpy.flash_attention import FlashTrace, flash_attention
+from attnlib.widgets import ALL_HEADS, AttentionExplorer, ExamGrader, TileStepper
 from attnlib.widgets._base import STATIC
 
 ROUNDING = 5e-7  # figures store weights rounded to 6 decimals
@@ -160,3 +161,162 @@ def test_explorer_bad_live_input_is_shown_in_the_figure():
     assert "80 tokens" in explorer.error
     explorer.sentence = "x y"
     assert explorer.error == "" and explorer.tokens == ["x", "y"]
+
+
+# --- TileStepper ----------------------------------------------------------------------------------------------
+
+
+def qkv(n_q=5, n_k=7, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n_q, d)), rng.standard_normal((n_k, d)), rng.standard_normal((n_k, d))
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_tile_stepper_state_is_the_flash_trace(causal):
+    q, k, v = qkv()
+    stepper = TileStepper.from_qkv(q, k, v, block_q=2, block_k=3, causal=causal)
+    trace = FlashTrace()
+    output = flash_attention(q, k, v, block_q=2, block_k=3, causal=causal, trace=trace)
+    assert len(stepper.steps) == len(trace.steps) and stepper.skipped == [list(t) for t in trace.skipped]
+    for shown, step in zip(stepper.steps, trace.steps, strict=True):
+        assert (shown["i"], shown["j"]) == (step.i, step.j)
+        for name in ("m_new", "l_old", "l_new", "rescale", "acc"):
+            np.testing.assert_allclose(shown[name], getattr(step, name), atol=ROUNDING)
+        m_old = np.array([-np.inf if m is None else m for m in shown["m_old"]])
+        np.testing.assert_allclose(m_old, step.m_old, atol=ROUNDING)
+        scores = np.array([[-np.inf if s is None else s for s in row] for row in shown["scores"]])
+        np.testing.assert_allclose(scores, step.scores, atol=ROUNDING)
+        np.testing.assert_allclose(shown["rescale"], np.exp(step.m_old - step.m_new), atol=ROUNDING)
+    np.testing.assert_allclose(stepper.output, output, atol=ROUNDING)
+    reference, _ = an.attention(q, k, v, causal=causal)
+    np.testing.assert_allclose(stepper.reference, reference, atol=ROUNDING)
+    assert 0 <= stepper.max_error < 1e-12
+    assert bool(stepper.skipped) == causal  # with blocks of 2 x 3 and 5 x 7, causal skips the top-right tile
+
+
+def test_tile_stepper_from_a_trace_or_its_dict():
+    q, k, v = qkv()
+    trace = FlashTrace()
+    flash_attention(q, k, v, block_q=3, block_k=2, trace=trace)
+    reference, _ = an.attention(q, k, v)
+    from_trace = TileStepper(trace, reference)
+    from_dict = TileStepper(trace.to_dict(), reference)
+    assert from_trace.steps == from_dict.steps and from_trace.output == from_dict.output
+    assert TileStepper(trace).max_error == -1.0  # no reference: no final comparison
+
+
+def test_tile_stepper_block_sizes_causal_and_seed_recompute():
+    stepper = TileStepper.random(n_q=6, n_k=8, d=4, seed=0, block_q=2, block_k=3)
+    assert len(stepper.steps) == 3 * 3
+    stepper.step = 4
+    stepper.block_q = 3
+    assert len(stepper.steps) == 2 * 3 and stepper.step == 0 and stepper.block_q == 3
+    stepper.block_k = 8
+    assert len(stepper.steps) == 2
+    stepper.causal = True
+    assert stepper.max_error < 1e-12 and stepper.error == ""
+    before = stepper.output
+    stepper.seed = 1
+    assert stepper.output != before
+    assert stepper.output == TileStepper.random(n_q=6, n_k=8, d=4, seed=1, block_q=3, block_k=8, causal=True).output
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: TileStepper.from_qkv(*qkv(), block_q=0), "block_q"),
+        (lambda: TileStepper.from_qkv(*qkv(n_q=40, n_k=40)), "n_q = 40 is too large"),
+        (lambda: TileStepper.from_qkv(*qkv(d=20)), "d_v = 20 is too large"),
+        (lambda: TileStepper.from_qkv(np.ones((2, 3, 4)), np.ones((2, 3, 4)), np.ones((2, 3, 4))), "one head"),
+        (lambda: TileStepper(FlashTrace()), "no steps"),
+        (lambda: TileStepper("trace"), "trace must be a FlashTrace"),
+        (lambda: TileStepper.random(step=100), "step"),
+        (lambda: TileStepper(*_trace_and_reference()), "reference must have the output's shape"),
+    ],
+)
+def test_tile_stepper_bad_input_names_the_argument(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def _trace_and_reference():
+    q, k, v = qkv()
+    trace = FlashTrace()
+    flash_attention(q, k, v, block_q=2, block_k=2, trace=trace)
+    return trace, an.attention(q, k, v)[0][:, :2]  # a reference of the wrong shape
+
+
+def test_tile_stepper_bad_live_input_is_shown_in_the_figure():
+    stepper = TileStepper.random(n_q=4, n_k=4, d=2)
+    with pytest.raises(ValueError, match="block_k"):
+        stepper.block_k = -1
+    stepper.seed = -3
+    assert "seed" in stepper.error
+    stepper.seed = 2
+    assert stepper.error == ""
+
+
+# --- ExamGrader -----------------------------------------------------------------------------------------------
+
+
+def test_exam_grader_notes_are_attnlib_online_softmax():
+    marks = [62.0, 71, 80, 55, 68, 74, 59, 77, 66, 70, 64, 90, 58, 73, 81, 69, 60, 75, 52, 67, 70]
+    grader = ExamGrader(marks, batch_size=10)
+    states = an.online_softmax_steps(np.array(marks), 10)
+    assert len(grader.batches) == 3
+    for note, state in zip(grader.batches, states, strict=True):
+        assert note["m_new"] == pytest.approx(float(state.m)) and note["l_new"] == pytest.approx(float(state.l))
+        assert note["l_new"] == pytest.approx(note["l_old"] * note["factor"] + note["batch_sum"])
+    first, second, third = grader.batches
+    assert first["m_old"] is None and first["factor"] == 0.0 and first["m_new"] == 80
+    assert second["m_old"] == 80 and second["m_new"] == 90
+    assert second["factor"] == pytest.approx(np.exp(80 - 90))  # the one correction factor of the story
+    assert third["factor"] == 1.0  # no new best: nothing to correct
+    np.testing.assert_allclose(grader.shares, an.softmax(np.array(marks)), atol=ROUNDING)
+    assert grader.max_error < 1e-15
+
+
+def test_exam_grader_story_and_recompute():
+    grader = ExamGrader.story(seed=0)
+    assert len(grader.marks) == 30
+    assert grader.batches[0]["batch_best"] == 80 and grader.batches[1]["batch_best"] == 90
+    assert max(grader.marks[20:]) < 90
+    same_papers = grader.marks
+    grader.batch_size = 7
+    assert grader.marks == same_papers and len(grader.batches) == 5
+    grader.batch_size = 10
+    grader.temperature = 10.0
+    assert grader.batches[1]["factor"] == pytest.approx(np.exp((80 - 90) / 10))
+    np.testing.assert_allclose(grader.shares, an.softmax(np.array(same_papers) / 10), atol=ROUNDING)
+    grader.seed = 5
+    assert grader.marks != same_papers and grader.marks == ExamGrader.story(seed=5).marks
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ExamGrader([]), "marks must not be empty"),
+        (lambda: ExamGrader([[1.0, 2.0]]), "1-D"),
+        (lambda: ExamGrader(list(range(61))), "at most 60"),
+        (lambda: ExamGrader([1.0, 2.0], batch_size=0), "batch_size"),
+        (lambda: ExamGrader([1.0, 2.0], temperature=0), "temperature"),
+        (lambda: ExamGrader([1.0, float("nan")]), "marks contains NaN"),
+        (lambda: ExamGrader([1.0, 2.0], step=1), "step"),
+        (lambda: ExamGrader.story(n_batches=1), "n_batches"),
+    ],
+)
+def test_exam_grader_bad_input_names_the_argument(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def test_exam_grader_bad_live_input_is_shown_in_the_figure():
+    grader = ExamGrader.story(seed=0)
+    grader.batch_size = 0
+    assert "batch_size must be a positive integer" in grader.error
+    grader.batch_size = 10
+    assert grader.error == ""
+    grader.temperature = -1.0
+    assert "temperature" in grader.error
+    grader.temperature = 2.0
+    assert grader.error == ""

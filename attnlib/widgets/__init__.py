@@ -3,8 +3,14 @@
 Each figure's data is computed by attnlib in Python and drawn by JavaScript in the page, so the figures stay
 interactive on the static website (no kernel) and, in a live notebook, recompute when a Python-side input
 changes. Display one by making it the last expression of a cell.
+
+* ``AttentionExplorer`` -- attention weights as a heatmap; layers, heads, causal vs bidirectional.
+* ``TileStepper`` -- FlashAttention, tile by tile: m, l, the rescale factor and the accumulator.
+* ``ExamGrader`` -- the online softmax of one row, as a teacher grading exams in batches.
 """
 
 from .attention_explorer import ALL_HEADS, AttentionExplorer
+from .exam_grader import ExamGrader
+from .tile_stepper import TileStepper
 
-__all__ = ["AttentionExplorer", "ALL_HEADS"]
+__all__ = ["AttentionExplorer", "ALL_HEADS", "TileStepper", "ExamGrader"]

@@ -22,11 +22,18 @@ DECIMALS = 6
 
 
 def to_json_array(array, decimals: int = DECIMALS) -> list:
-    """A NumPy array or torch tensor as nested lists of rounded Python floats (JSON-ready)."""
+    """A NumPy array or torch tensor as nested lists of rounded Python floats (JSON-ready).
+
+    -inf (a masked score, or a maximum before anything was seen) becomes None, JSON's null, which the front
+    end shows as −∞; JSON itself has no infinity.
+    """
     if hasattr(array, "detach"):  # a torch tensor
         array = array.detach().cpu().double().numpy()
-    rounded = np.round(np.asarray(array, dtype=np.float64), decimals)
-    return (rounded + 0.0).tolist()  # + 0.0 turns -0.0 into 0.0, so masked entries read as plain zeros
+    array = np.asarray(array, dtype=np.float64)
+    rounded = np.round(array, decimals) + 0.0  # + 0.0 turns -0.0 into 0.0, so masked weights read as plain zeros
+    if np.isneginf(array).any():
+        return np.where(np.isneginf(array), None, rounded).tolist()
+    return rounded.tolist()
 
 
 class Figure(anywidget.AnyWidget):

@@ -1,0 +1,162 @@
+"""The FlashAttention tile stepper: walk through ``attnlib.numpy.flash_attention`` one tile at a time.
+
+Python runs the real tiled loop with a ``FlashTrace`` and keeps every step (which query block meets which key
+block, the tile of scores, ``m`` and ``l`` before and after, the rescale factor exp(m_old - m_new) and the
+accumulator). The browser steps forward, back or plays through them, and at the end compares acc / l with
+the full-softmax attention output, which Python also computed.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import traitlets
+
+from .. import _checks
+from ..numpy import attention
+from ..numpy.flash_attention import FlashTrace, flash_attention
+from . import _validate
+from ._base import STATIC, Figure, to_json_array
+
+MAX_TOKENS = 32  # query or key positions: beyond this the score grid's cells get too small to read
+MAX_DIM = 16  # columns of the accumulator table
+
+
+def _as_float_array(value) -> np.ndarray:
+    """An array, or nested lists that may hold None for -inf (as ``FlashTrace.to_dict`` writes them), as floats."""
+    array = np.array(value, dtype=object)
+    return np.where(array == None, -np.inf, array).astype(np.float64)  # noqa: E711 - elementwise None test
+
+
+def _step_state(step) -> dict:
+    """One FlashStep (or its to_dict() form) as rounded JSON lists, -inf as null."""
+    get = step.get if isinstance(step, dict) else lambda name: getattr(step, name)
+    state = {"i": int(get("i")), "j": int(get("j")),
+             "q_range": [int(x) for x in get("q_range")], "k_range": [int(x) for x in get("k_range")]}
+    for name in ("scores", "m_old", "m_new", "l_old", "l_new", "rescale", "acc"):
+        state[name] = to_json_array(_as_float_array(get(name)))
+    return state
+
+
+class TileStepper(Figure):
+    """Step through FlashAttention's tiles for one head: ``TileStepper(trace, reference=None)``.
+
+    ``trace`` is a ``attnlib.numpy.FlashTrace`` filled by ``flash_attention(q, k, v, ..., trace=trace)`` on 2-D
+    inputs (one head: q (n_q, d_k), k (n_k, d_k), v (n_k, d_v)), or its ``to_dict()``. ``reference`` is the
+    full-softmax output (n_q, d_v) to compare with at the end. ``from_qkv`` and ``random`` build both; their
+    ``block_q``, ``block_k`` and ``causal`` (and ``seed`` for ``random``) recompute when changed.
+    """
+
+    _esm = STATIC / "tile_stepper.js"
+    _input_names = ("block_q", "block_k", "causal", "seed")
+
+    n_q = traitlets.Int(0).tag(sync=True)
+    n_k = traitlets.Int(0).tag(sync=True)
+    block_q = traitlets.Int(1).tag(sync=True)
+    block_k = traitlets.Int(1).tag(sync=True)
+    causal = traitlets.Bool(False).tag(sync=True)
+    seed = traitlets.Int(0).tag(sync=True)
+    steps = traitlets.List().tag(sync=True)  # one dict per tile visited, in order
+    skipped = traitlets.List().tag(sync=True)  # [i, j] tiles causal masking skipped entirely
+    output = traitlets.List().tag(sync=True)  # (n_q, d_v) acc / l after the last tile
+    reference = traitlets.List().tag(sync=True)  # (n_q, d_v) softmax(q k^T * scale) v, or []
+    max_error = traitlets.Float(-1.0).tag(sync=True)  # max |output - reference|, -1 without a reference
+    step = traitlets.Int(0).tag(sync=True)  # the step on screen (the reader moves it)
+    title = traitlets.Unicode("").tag(sync=True)
+
+    def __init__(self, trace, reference=None, *, step: int = 0, title: str = "", **kwargs):
+        super().__init__(**kwargs)
+        self._source = None  # (q, k, v, scale) for from_qkv, or the random() sizes
+        data = self._data(trace, reference)
+        with self.hold_sync(), self.hold_trait_notifications():
+            for name, value in data.items():
+                setattr(self, name, value)
+            self.step, self.title = step, str(title)
+
+    @staticmethod
+    def _data(trace, reference) -> dict:
+        if isinstance(trace, FlashTrace):
+            trace = {"n_q": trace.n_q, "n_k": trace.n_k, "block_q": trace.block_q, "block_k": trace.block_k,
+                     "causal": trace.causal, "skipped": trace.skipped, "steps": trace.steps, "output": trace.output}
+        elif not isinstance(trace, dict):
+            raise TypeError(f"trace must be a FlashTrace or FlashTrace.to_dict(), got {type(trace).__name__}")
+        if not trace.get("steps"):
+            raise ValueError("trace has no steps: pass trace=FlashTrace() to flash_attention before using it here")
+        output = _as_float_array(trace["output"])
+        if output.ndim != 2:
+            raise ValueError(
+                f"trace must come from one head (q of shape (n_q, d_k)), got an output of shape {output.shape}"
+            )
+        for name, size, limit in (("n_q", trace["n_q"], MAX_TOKENS), ("n_k", trace["n_k"], MAX_TOKENS),
+                                  ("d_v", output.shape[1], MAX_DIM)):
+            if size > limit:
+                raise ValueError(f"{name} = {size} is too large to draw legibly; the tile stepper shows at most "
+                                 f"{limit} (use a smaller example: the algorithm is the same)")
+        data = {
+            "n_q": int(trace["n_q"]), "n_k": int(trace["n_k"]), "block_q": int(trace["block_q"]),
+            "block_k": int(trace["block_k"]), "causal": bool(trace["causal"]),
+            "steps": [_step_state(step) for step in trace["steps"]],
+            "skipped": [[int(i), int(j)] for i, j in trace["skipped"]],
+            "output": to_json_array(output), "reference": [], "max_error": -1.0,
+        }
+        if reference is not None:
+            reference = _validate.as_numpy("reference", reference)
+            if reference.shape != output.shape:
+                raise ValueError(f"reference must have the output's shape {output.shape}, got {reference.shape}")
+            data["reference"] = to_json_array(reference)
+            data["max_error"] = float(np.abs(output - reference).max())
+        return data
+
+    @traitlets.validate("step")
+    def _check_step(self, proposal):
+        return _validate.index("step", proposal["value"], len(self.steps), what="steps")
+
+    @traitlets.validate("block_q", "block_k")
+    def _check_block(self, proposal):
+        return _checks.positive_int(proposal["trait"].name, proposal["value"])
+
+    # --- constructors ---------------------------------------------------------------------------------------
+
+    @classmethod
+    def from_qkv(cls, q, k, v, *, block_q: int = 2, block_k: int = 2, causal: bool = False, scale=None,
+                 **options) -> TileStepper:
+        """Run ``attnlib.numpy.flash_attention`` on one head's q (n_q, d_k), k (n_k, d_k), v (n_k, d_v) and
+        ``attnlib.numpy.attention`` for the reference. Later changes to block_q, block_k or causal rerun both."""
+        source = ("qkv", (q, k, v, scale))
+        stepper = cls(*cls._compute(source, block_q, block_k, causal, 0), **options)
+        stepper._source = source
+        return stepper
+
+    @classmethod
+    def random(cls, n_q: int = 6, n_k: int = 8, d: int = 4, *, seed: int = 0, block_q: int = 2,
+               block_k: int = 3, causal: bool = False, **options) -> TileStepper:
+        """q, k, v drawn from a standard normal with ``seed``; ``stepper.seed = ...`` draws new ones."""
+        source = ("random", (n_q, n_k, d))
+        stepper = cls(*cls._compute(source, block_q, block_k, causal, seed), **options)
+        stepper.seed = seed  # no source yet, so this does not recompute
+        stepper._source = source
+        return stepper
+
+    @staticmethod
+    def _compute(source, block_q, block_k, causal, seed):
+        kind, arguments = source
+        if kind == "random":
+            n_q, n_k, d = arguments
+            rng = np.random.default_rng(_validate.seed(seed))
+            q, k, v = rng.standard_normal((n_q, d)), rng.standard_normal((n_k, d)), rng.standard_normal((n_k, d))
+            scale = None
+        else:
+            q, k, v, scale = (_validate.as_numpy(name, x) if name != "scale" else x
+                              for name, x in zip(("q", "k", "v", "scale"), arguments, strict=True))
+        if np.ndim(q) != 2:
+            raise ValueError(f"q must be one head's queries, shape (n_q, d_k), got shape {np.shape(q)}")
+        trace = FlashTrace()
+        flash_attention(q, k, v, causal=causal, scale=scale, block_q=block_q, block_k=block_k, trace=trace)
+        reference, _ = attention(q, k, v, causal=causal, scale=scale)
+        return trace, reference
+
+    def _recompute(self):
+        if self._source is None:
+            return None
+        data = self._data(*self._compute(self._source, self.block_q, self.block_k, self.causal, self.seed))
+        data["step"] = 0  # the old step number means nothing for the new tiling
+        return data
