@@ -201,8 +201,8 @@ def gpt2_medium_comparison(*, sram_bytes: int = A100_SRAM_BYTES, dropout: bool =
     """The paper's Fig. 2 case (GPT-2 medium attention, forward + backward, float16, A100) under this model.
 
     Returns the modelled gigabytes of both algorithms, their ratio, the paper's measured numbers and ratio,
-    and the block sizes used. The paper measured a real training step, which runs attention dropout, hence
-    ``dropout=True`` by default for the standard algorithm.
+    and the block sizes used. GPT-2 trains with attention dropout, which a standard implementation runs as a
+    pass of its own, hence ``dropout=True`` by default for the standard algorithm (``False``: bare Algorithm 0).
     """
     shape = GPT2_MEDIUM
     standard = standard_attention_traffic(**shape, dropout=dropout)
