@@ -259,6 +259,25 @@ def test_attnlib_imports_without_triton_and_says_why_triton_is_needed():
     assert "needs the triton package" in result.stdout
 
 
+def test_gpu_launch_configurations_are_valid(monkeypatch):
+    # The autotuner's lists only run on a GPU; here, check that each builds and every tile is a legal tl.dot shape.
+    monkeypatch.setattr(flash_triton, "interpreted", lambda: False)
+    monkeypatch.setattr(flash_triton, "_autotuned_kernels", {})
+    for name, kernel, blocks in [
+        ("forward", flash_triton._forward_kernel, flash_triton._FORWARD_BLOCKS),
+        ("dk_dv", flash_triton._backward_dk_dv_kernel, flash_triton._DK_DV_BLOCKS),
+        ("dq", flash_triton._backward_dq_kernel, flash_triton._DQ_BLOCKS),
+    ]:
+        tuned, meta = flash_triton._kernel(name, kernel, blocks, None, None)
+        assert meta == {} and len(tuned.configs) == len(blocks) > 1
+        for config in tuned.configs:
+            for size in (config.kwargs["BLOCK_Q"], config.kwargs["BLOCK_K"]):
+                assert size >= 16 and size & (size - 1) == 0
+    # Explicit tiles bypass the autotuner.
+    assert flash_triton._kernel("forward", flash_triton._forward_kernel, [], 16, 64) == (
+        flash_triton._forward_kernel, {"BLOCK_Q": 16, "BLOCK_K": 64}
+    )
+
 # ---------------------------------------------------------------------------------------------------------------
 # Compiled kernels on a CUDA device
 # ---------------------------------------------------------------------------------------------------------------
@@ -276,9 +295,9 @@ GPU_CASES = [  # (batch, heads, n, d, causal)
 @requires_cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
 @pytest.mark.parametrize(("batch", "heads", "n", "d", "causal"), GPU_CASES)
-def test_gpu_within_twice_sdpa_error(batch, heads, n, d, causal, dtype):
+def test_gpu_within_twice_sdpa_error(batch, heads, n, d, causal, dtype, monkeypatch):
     assert not flash_triton.interpreted(), "with CUDA present the kernels must be compiled, not interpreted"
-    torch.backends.cuda.matmul.allow_tf32 = False  # an exact float32 reference
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # a float32 reference without TF32
     q, k, v, grad_output = random_qkv((batch, heads, n, d), n, dtype, device="cuda", seed=n + d)
     scale = d**-0.5
     ours, _ = triton_with_grads(q, k, v, grad_output, causal, scale)

@@ -381,7 +381,14 @@ _FORWARD_BLOCKS = [
     (128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 2),
     (64, 64, 4, 4), (128, 64, 8, 4),
 ]
-_BACKWARD_BLOCKS = [(64, 64, 4, 2), (64, 64, 8, 3), (32, 64, 4, 3), (64, 128, 8, 2), (32, 128, 4, 2), (32, 32, 4, 2)]
+# The dK/dV pass owns a key block and streams query blocks, the dQ pass the other way round, so each gets its own
+# list: a large owned block amortises the streamed loads, a small streamed block keeps the registers in check.
+_DK_DV_BLOCKS = [
+    (32, 128, 8, 2), (64, 128, 8, 3), (64, 64, 4, 2), (64, 64, 8, 3), (32, 64, 4, 3), (64, 32, 8, 2), (32, 32, 4, 2),
+]
+_DQ_BLOCKS = [
+    (128, 32, 8, 2), (128, 64, 8, 2), (64, 64, 4, 2), (64, 64, 8, 3), (64, 32, 8, 2), (32, 64, 4, 2), (32, 32, 4, 2),
+]
 _autotuned_kernels = {}
 
 
@@ -513,7 +520,7 @@ def backward(
     )
     # Pass 1: one program per key block writes dk and dv. Pass 2: one program per query block writes dq.
     # Splitting them means every program owns its output rows: no atomics, no races.
-    kernel, meta = _kernel("dk_dv", _backward_dk_dv_kernel, _BACKWARD_BLOCKS, block_q, block_k)
+    kernel, meta = _kernel("dk_dv", _backward_dk_dv_kernel, _DK_DV_BLOCKS, block_q, block_k)
     grid = lambda chosen: (triton.cdiv(n_k, chosen["BLOCK_K"]), batch_heads)  # noqa: E731
     kernel[grid](
         q3, k3, v3, do3, lse2, delta, dk, dv,
@@ -522,7 +529,7 @@ def backward(
         n_q, n_k, scale * LOG2E, scale,
         CAUSAL=causal, HEAD_DIM=head_dim, PRECISION=precision, **meta,
     )
-    kernel, meta = _kernel("dq", _backward_dq_kernel, _BACKWARD_BLOCKS, block_q, block_k)
+    kernel, meta = _kernel("dq", _backward_dq_kernel, _DQ_BLOCKS, block_q, block_k)
     grid = lambda chosen: (triton.cdiv(n_q, chosen["BLOCK_Q"]), batch_heads)  # noqa: E731
     kernel[grid](
         q3, k3, v3, do3, lse2, delta, dq,
