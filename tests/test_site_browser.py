@@ -271,3 +271,44 @@ def test_exam_grader_corrects_the_total_when_a_new_best_arrives(open_page):
     assert "✓" in figure.locator("[data-role=final-check]").inner_text()
     screenshot(figure, "exam_grader_last_batch")
     assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}
+
+
+def test_kv_cache_grows_one_row_per_step_and_counts_work(open_page):
+    visit = open_page(page_for("kv_cache_view.KVCacheView"))
+    figure = visit.page.locator(".attnlib-kv").first
+    cache = figure.locator("svg[data-role=K-cache]")
+    rows_before = int(cache.get_attribute("data-rows"))
+    work_before = figure.locator("[data-role=work]").inner_text()
+    screenshot(figure, "kv_cache_step_0")
+    figure.locator("button[data-role=next]").click()
+    assert int(cache.get_attribute("data-rows")) == rows_before + 1, "one new row per step"
+    assert figure.locator("svg[data-role=K-cache] [data-role=new-rows]").get_attribute("height") == \
+        figure.locator("svg[data-role=K-cache] rect[y]").nth(0).get_attribute("height"), "only one row is new"
+    assert figure.locator("[data-role=work]").inner_text() != work_before
+    screenshot(figure, "kv_cache_step_1")
+    figure.locator("button[data-role=end]").click()
+    with_cache = int(figure.locator(".attnlib-work-rows-with_cache").inner_text())
+    without_cache = int(figure.locator(".attnlib-work-rows-without_cache").inner_text())
+    assert without_cache > with_cache
+    assert "✓" in figure.locator(".attnlib-note").inner_text()
+    screenshot(figure, "kv_cache_last_step")
+    assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}
+
+
+def test_add_norm_view_toggles_redraw_the_profiles(open_page):
+    visit = open_page(page_for("add_norm_view.AddNormView"))
+    figure = visit.page.locator(".attnlib-addnorm").first
+
+    def curves():
+        return [figure.locator(f"svg[data-role=chart-{key}] path[data-role=shown]").get_attribute("d")
+                for key in ("activation_scale", "gradient_norm")]
+
+    seen = {tuple(curves())}
+    screenshot(figure, "add_norm_residual_post_ln")
+    for role in ("residual-off", "pre-ln", "residual-on"):
+        figure.locator(f"button[data-role={role}]").click()
+        assert figure.locator(f"button[data-role={role}]").get_attribute("aria-pressed") == "true"
+        seen.add(tuple(curves()))
+        screenshot(figure, f"add_norm_{role}")
+    assert len(seen) == 4, "each of the four wirings draws its own curves"
+    assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}

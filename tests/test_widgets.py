@@ -13,10 +13,25 @@ import torch
 import attnlib.numpy as an
 import attnlib.torch as at
 from attnlib.numpy.flash_attention import FlashTrace, flash_attention
-from attnlib.widgets import ALL_HEADS, AttentionExplorer, ExamGrader, TileStepper
+from attnlib.widgets import ALL_HEADS, AddNormView, AttentionExplorer, ExamGrader, KVCacheView, TileStepper
 from attnlib.widgets._base import STATIC
+from attnlib.widgets.add_norm_view import WIRINGS
+from attnlib.widgets.kv_cache_view import expected_work
 
 ROUNDING = 5e-7  # figures store weights rounded to 6 decimals
+FIGURES = [AttentionExplorer, TileStepper, ExamGrader, KVCacheView, AddNormView]
+
+
+@pytest.mark.parametrize("figure", FIGURES)
+def test_figures_do_not_shadow_ipywidgets_traits(figure):
+    """A trait named like one of ipywidgets' own (e.g. "keys", the list of synced traits) breaks the widget."""
+    import anywidget
+
+    ours = set(figure.class_trait_names()) - set(anywidget.AnyWidget.class_trait_names())
+    assert ours, figure
+    assert {"_model_module", "_view_name"} <= set(figure.class_trait_names(sync=True))
+    for name in ours:
+        assert not hasattr(anywidget.AnyWidget, name), f"{figure.__name__}.{name} shadows an ipywidgets attribute"
 
 
 def small_lm(causal=True, seed=0):
@@ -320,3 +335,158 @@ def test_exam_grader_bad_live_input_is_shown_in_the_figure():
     assert "temperature" in grader.error
     grader.temperature = 2.0
     assert grader.error == ""
+
+
+# --- KVCacheView ----------------------------------------------------------------------------------------------
+
+
+def test_kv_cache_view_holds_the_cache_attnlib_builds():
+    model = small_lm(seed=1)
+    view = KVCacheView.from_model(model, [3, 4, 5], n_new=4, layer=1, head=2)
+    generated = model.generate(np.array([3, 4, 5]), 4)
+    assert view.tokens == [f"#{i}" for i in generated]  # the same greedy tokens as TransformerLM.generate
+    cache = model.new_cache()
+    model(generated[None, :-1], kv_cache=cache)  # every token the decoding read: prompt + n_new - 1 generated...
+    model(generated[None, -1:], kv_cache=cache)  # ...and the last one, read at the last step
+    np.testing.assert_allclose(view.cache_keys, cache[1].keys[0, 2], atol=ROUNDING)
+    np.testing.assert_allclose(view.cache_values, cache[1].values[0, 2], atol=ROUNDING)
+    assert len(view.weights) == 5 and [len(w) for w in view.weights] == [3, 4, 5, 6, 7]
+    np.testing.assert_allclose([sum(w) for w in view.weights], 1, atol=1e-5)
+    # The work counted from what the model computed equals the count by hand, and the cache changes nothing.
+    assert view.work == expected_work(3, 5, n_layers=2, n_heads=4)
+    assert 0 <= view.logit_gap < 1e-12
+    work = view.work
+    assert sum(work["without_cache"]["kv_rows"]) > sum(work["with_cache"]["kv_rows"])
+
+
+def test_kv_cache_view_torch_model_and_labels():
+    torch.manual_seed(0)
+    model = at.TransformerLM(vocab_size=12, d_model=8, n_heads=2, d_ff=16, n_layers=1, max_len=16)
+    words = [f"w{i}" for i in range(12)]
+    view = KVCacheView.from_model(model, torch.tensor([1, 2]), 3, vocabulary=words)
+    assert view.tokens[:2] == ["w1", "w2"] and len(view.tokens) == 5
+    assert view.logit_gap < 1e-4  # float32: the same logits up to rounding
+
+    class Decoder:
+        def decode(self, ids):
+            return "-".join(str(i) for i in ids)
+
+    assert KVCacheView.from_model(model, [1, 2], 3, tokenizer=Decoder()).tokens[:2] == ["1", "2"]
+
+
+def test_kv_cache_view_plain_data_and_recompute():
+    keys = np.arange(12.0).reshape(4, 3)
+    view = KVCacheView(["a", "b", "c", "d"], 2, keys, -keys)
+    assert view.work == expected_work(2, 3) and view.n_new == 2 and view.weights == []
+    model = small_lm(seed=2)
+    live = KVCacheView.from_model(model, [1, 2], 2)
+    live.n_new = 5
+    assert len(live.tokens) == 7 and live.error == ""
+    live.layer, live.head = 1, 3
+    np.testing.assert_allclose(live.cache_keys, KVCacheView.from_model(model, [1, 2], 5, layer=1, head=3).cache_keys)
+    live.head = 9
+    assert "head must be in [0, 4)" in live.error
+    live.head = 0
+    assert live.error == ""
+    live.n_new = 40
+    assert "n_new=40" in live.error
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: KVCacheView.from_model(small_lm(), [], 3), "prompt_ids"),
+        (lambda: KVCacheView.from_model(small_lm(), [1], 0), "n_new"),
+        (lambda: KVCacheView.from_model(small_lm(), [1], 20), "exceeds|more than"),
+        (lambda: KVCacheView.from_model(small_lm(), [99], 2), "prompt_ids must lie in"),
+        (lambda: KVCacheView.from_model(small_lm(), [1], 2, head=4), "head"),
+        (lambda: KVCacheView.from_model(small_lm(), [1], 2, layer=2), "layer"),
+        (lambda: KVCacheView.from_model(small_lm(causal=False), [1], 2), "causal"),
+        (lambda: KVCacheView.from_model("model", [1], 2), "model must be an attnlib TransformerLM"),
+        (lambda: KVCacheView(["a", "b"], 2, np.ones((2, 2)), np.ones((2, 2))), "n_prompt"),
+        (lambda: KVCacheView(["a", "b"], 1, np.ones((3, 2)), np.ones((2, 2))), "keys must have shape"),
+        (lambda: KVCacheView(["a", "b"], 1, np.ones((2, 40)), np.ones((2, 40))), "at most 32"),
+        (lambda: KVCacheView(["a"] * 40, 1, np.ones((40, 2)), np.ones((40, 2))), "at most 32"),
+        (lambda: KVCacheView(["a", "b"], 1, np.ones((2, 2)), np.ones((2, 2)), weights=[[1.0]]), "weights"),
+    ],
+)
+def test_kv_cache_view_bad_input_names_the_argument(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+# --- AddNormView ----------------------------------------------------------------------------------------------
+
+
+def test_add_norm_view_with_residual_is_the_block_itself():
+    """With the residual on, the view's wiring is exactly TransformerBlock.forward (post-LN and pre-LN)."""
+    from attnlib.widgets.add_norm_view import _block
+
+    torch.manual_seed(0)
+    x = torch.randn(5, 16)
+    for norm_first in (False, True):
+        block = at.TransformerBlock(16, 4, 32, norm_first=norm_first)
+        torch.testing.assert_close(_block(block, x, residual=True, norm_first=norm_first), block(x))
+
+
+def test_add_norm_view_measures_scale_and_gradient_at_every_depth():
+    torch.manual_seed(0)
+    blocks = [at.TransformerBlock(16, 4, 32) for _ in range(3)]
+    x = torch.randn(6, 16)
+    view = AddNormView.from_blocks(blocks, x, seed=0)
+    assert [(p["residual"], p["norm_first"]) for p in view.profiles] == WIRINGS and view.n_layers == 3
+    plain = next(p for p in view.profiles if not p["residual"] and not p["norm_first"])
+    # By hand for the plain stack: no residual, post-LN, h = norm2(ff(norm1(attention(h)))).
+    h = x.clone().requires_grad_(True)
+    states = [h]
+    for block in blocks:
+        h = block.norm2(block.feed_forward(block.norm1(block.attention(h))))
+        h.retain_grad()
+        states.append(h)
+    probe = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+    (h * probe).sum().backward()
+    np.testing.assert_allclose(plain["gradient_norm"], [float(s.grad.norm()) for s in states], rtol=1e-5)
+    np.testing.assert_allclose(plain["activation_scale"], [float(s.detach().pow(2).mean().sqrt()) for s in states],
+                               rtol=1e-5)
+    assert plain["gradient_norm"][-1] == pytest.approx(float(probe.norm()), rel=1e-5)  # d loss / d output = probe
+
+
+def test_add_norm_view_recompute_and_rng_left_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    view = AddNormView.random(n_layers=4, seed=0)
+    assert torch.equal(torch.rand(1), expected_next), "random() does not consume the caller's torch RNG"
+    first = view.profiles
+    view.n_layers = 6
+    assert len(view.profiles[0]["gradient_norm"]) == 7
+    view.seed = 1
+    assert view.profiles != first and view.profiles == AddNormView.random(n_layers=6, seed=1).profiles
+    view.n_layers = 0
+    assert "n_layers" in view.error
+    view.n_layers = 2
+    assert view.error == ""
+
+
+def test_add_norm_view_plain_data():
+    profiles = {(r, n): {"activation_scale": [1.0, 2.0], "gradient_norm": [0.5, 1.0]} for r, n in WIRINGS}
+    view = AddNormView(profiles, residual=False, norm_first=True)
+    assert view.n_layers == 1 and view.residual is False and len(view.profiles) == 4
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: AddNormView({(True, False): {"activation_scale": [1, 2], "gradient_norm": [1, 2]}}), "missing"),
+        (lambda: AddNormView([{"residual": r, "norm_first": n, "activation_scale": [1.0], "gradient_norm": [1.0]}
+                              for r, n in WIRINGS]), "at least 2"),
+        (lambda: AddNormView("profiles"), "profiles must be a list"),
+        (lambda: AddNormView.random(n_layers=0), "n_layers"),
+        (lambda: AddNormView.random(n_layers=65), "n_layers"),
+        (lambda: AddNormView.from_blocks([], torch.randn(2, 4)), "blocks"),
+        (lambda: AddNormView.from_blocks([at.TransformerBlock(8, 2, 16)], torch.randn(3, 4)), "last dimension 8"),
+    ],
+)
+def test_add_norm_view_bad_input_names_the_argument(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()

@@ -7,10 +7,14 @@ changes. Display one by making it the last expression of a cell.
 * ``AttentionExplorer`` -- attention weights as a heatmap; layers, heads, causal vs bidirectional.
 * ``TileStepper`` -- FlashAttention, tile by tile: m, l, the rescale factor and the accumulator.
 * ``ExamGrader`` -- the online softmax of one row, as a teacher grading exams in batches.
+* ``KVCacheView`` -- decoding step by step: the cache grows, old rows are reused, work with and without it.
+* ``AddNormView`` -- activation scale and gradient norm per layer, residual on/off, post-LN vs pre-LN.
 """
 
+from .add_norm_view import AddNormView
 from .attention_explorer import ALL_HEADS, AttentionExplorer
 from .exam_grader import ExamGrader
+from .kv_cache_view import KVCacheView
 from .tile_stepper import TileStepper
 
-__all__ = ["AttentionExplorer", "ALL_HEADS", "TileStepper", "ExamGrader"]
+__all__ = ["AttentionExplorer", "ALL_HEADS", "TileStepper", "ExamGrader", "KVCacheView", "AddNormView"]
