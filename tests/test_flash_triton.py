@@ -278,6 +278,59 @@ def test_gpu_launch_configurations_are_valid(monkeypatch):
         flash_triton._forward_kernel, {"BLOCK_Q": 16, "BLOCK_K": 64}
     )
 
+COMPILE_FOR_HOPPER = """
+import os
+os.environ["TRITON_INTERPRET"] = "0"  # decorate the kernels for the real compiler, not the interpreter
+import triton
+try:
+    from triton.backends import backends
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+except ImportError as error:
+    raise SystemExit(f"skip: this triton has no ahead-of-time compile API ({error})")
+if "nvidia" not in backends:
+    raise SystemExit("skip: this triton has no NVIDIA backend")
+from attnlib.torch import flash_triton
+
+kernels = [  # (kernel, float16 pointers, float32 pointers, float32 scalars)
+    (flash_triton._forward_kernel, ("Q", "K", "V", "Out"), ("Lse",), ("qk_scale",)),
+    (flash_triton._backward_preprocess_kernel, ("Out", "dOut"), ("Delta",), ()),
+    (flash_triton._backward_dk_dv_kernel, ("Q", "K", "V", "dOut", "dK", "dV"), ("Lse", "Delta"), ("qk_scale", "scale")),
+    (flash_triton._backward_dq_kernel, ("Q", "K", "V", "dOut", "dQ"), ("Lse", "Delta"), ("qk_scale", "scale")),
+]
+for kernel, half_pointers, float_pointers, floats in kernels:
+    constants = {"CAUSAL": True, "HEAD_DIM": 64, "BLOCK_Q": 64, "BLOCK_K": 64, "PRECISION": "tf32"}
+    constants = {name: value for name, value in constants.items() if name in kernel.arg_names}
+    signature = {}
+    for name in kernel.arg_names:
+        if name in constants:
+            signature[name] = "constexpr"
+        elif name in half_pointers or name in float_pointers:
+            signature[name] = "*fp16" if name in half_pointers else "*fp32"
+        else:
+            signature[name] = "fp32" if name in floats else "i32"
+    compiled = triton.compile(
+        ASTSource(kernel, signature, constants), target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": 4, "num_stages": 2},
+    )
+    uses_tensor_cores = "wgmma" in compiled.asm["ptx"]
+    print(kernel.__name__, len(compiled.asm["cubin"]), uses_tensor_cores)
+"""
+
+
+def test_kernels_compile_for_a_hopper_gpu_without_one():
+    # The interpreter checks what the kernels compute, not that the real compiler accepts them. Triton can compile
+    # for a GPU that is not there (down to the machine code, through its bundled ptxas), so this runs anywhere.
+    result = subprocess.run([sys.executable, "-c", COMPILE_FOR_HOPPER], capture_output=True, text=True, timeout=600)
+    if result.returncode != 0 and "skip:" in result.stderr:
+        pytest.skip(result.stderr.strip().splitlines()[-1])
+    assert result.returncode == 0, result.stderr[-3000:]
+    compiled = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    assert set(compiled) == {"_forward_kernel", "_backward_preprocess_kernel", "_backward_dk_dv_kernel",
+                             "_backward_dq_kernel"}
+    # The matrix products of all three main kernels become Hopper tensor-core instructions (wgmma).
+    assert all(compiled[name].endswith("True") for name in compiled if name != "_backward_preprocess_kernel")
+
 # ---------------------------------------------------------------------------------------------------------------
 # Compiled kernels on a CUDA device
 # ---------------------------------------------------------------------------------------------------------------
