@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from attnlib.torch import causal_mask, flash_attention, flash_triton
@@ -84,7 +84,7 @@ FLOAT32_CASES = [
 
 @pytest.mark.parametrize(("n_q", "n_k", "d", "causal", "block_q", "block_k"), FLOAT32_CASES)
 def test_float32_forward_lse_and_gradients_match_sdpa(n_q, n_k, d, causal, block_q, block_k):
-    q, k, v, grad_output = random_qkv((2, 2, n_q, d), n_k, torch.float32, seed=n_q + n_k)
+    q, k, v, grad_output = random_qkv((1, 2, n_q, d), n_k, torch.float32, seed=n_q + n_k)
     scale = d**-0.5
     (output, dq, dk, dv), lse = triton_with_grads(q, k, v, grad_output, causal, scale, block_q=block_q, block_k=block_k)
     # Reference in float64 so that any error we see is the kernel's.
@@ -118,6 +118,7 @@ def test_float16_within_twice_sdpa_error(n_q, n_k, d, causal, block_q, block_k):
     assert max_error(lse, reference_lse(q, k, causal, scale)) < 1e-3
 
 
+@settings(max_examples=25)  # the interpreter is slow; test_every_causal_offset covers the alignments exhaustively
 @given(
     n_q=st.integers(1, 70),
     extra_keys=st.integers(0, 40),
