@@ -82,6 +82,14 @@ function chart(key, heading, shown, others) {
   return root;
 }
 
+// How the gradient's trip back from the output to the input went, in words.
+function verdict(ratio) {
+  if (ratio < 0.01) return "Like a message whispered down a long line, almost nothing arrives at the far end.";
+  if (ratio < 0.5) return "The gradient fades on its way back: the first layers receive a weaker signal.";
+  if (ratio <= 2) return "The gradient arrives at about the size it left: the signal survives the trip.";
+  return "The gradient grows on its way back: the first layers receive the strongest signal.";
+}
+
 function toggle(parent, label, options, current, onPick) {
   const wrapper = html("span", "", parent, `${label} `);
   const group = html("span", "attnlib-toggle", wrapper);
@@ -132,10 +140,7 @@ function render({ model, el }) {
     summary.textContent = `${wiringName(shown)}: the gradient reaching the input is ${formatValue(ratio)}× the ` +
       `gradient at the output, and the activations go from RMS ${formatValue(scales[0])} to ` +
       `${formatValue(scales[scales.length - 1])} over ${scales.length - 1} layers. ` +
-      (ratio < 0.01
-        ? "Like a message whispered down a long line, almost nothing arrives at the far end."
-        : ratio > 100 ? "The gradient grows on its way back: the early layers get the loudest signal."
-          : "The signal survives the trip through every layer.");
+      verdict(ratio);
   }
 
   const names = ["error", "profiles", "residual", "norm_first", "title"];
