@@ -7,7 +7,8 @@ Nothing is downloaded. Every generator takes a ``random.Random`` so a seed fixes
   ripe", where the adjective after "it" decides which noun "it" means (ripe -> apple, hard -> ground).
 * ``language_model_sequence`` -- sentences with a random span of words pasted in twice. The second copy can only
   be predicted by finding the first one, which is what makes a previous-token head and an induction head appear.
-* ``masked_example`` -- a sentence with some tokens hidden behind ``<mask>`` for the encoder's training.
+* ``masked_example`` -- a sentence with some words hidden behind ``<mask>`` (or swapped) for the encoder's
+  masked-token training, with the positions of "it" and its antecedent.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ def sentence(rng: random.Random) -> list[str]:
         words = [rng.choice(NAMES), rng.choice(TRANSITIVE)] + _noun_phrase(rng) + ["and", "then"]
         words += [rng.choice(INTRANSITIVE)]
     else:
-        words = coreference_example(rng, plural_rate=0.3).words[:-1]
+        words = coreference_example(rng, plural_rate=0.3, reverse_rate=0.5).words[:-1]
     return words + ["."]
 
 
@@ -151,7 +152,8 @@ def is_held_out(family: int, first: str, second: str, adjective: str) -> bool:
 
 
 def coreference_example(rng: random.Random, *, family: int | None = None, refers_to_first: bool | None = None,
-                        plural_rate: float = 0.0, split: str = "train") -> CoreferenceExample:
+                        plural_rate: float = 0.0, reverse_rate: float = 0.0,
+                        split: str = "train") -> CoreferenceExample:
     """ "the apple fell on the ground because it was ripe ." with the antecedent chosen by the adjective.
 
     Each noun is plural with probability ``plural_rate`` (if it has a plural); the pronoun and verb agree with the
@@ -173,7 +175,7 @@ def coreference_example(rng: random.Random, *, family: int | None = None, refers
     nouns = [chosen[kind][noun] if is_plural else noun
              for noun, kind, is_plural in ((first, "first", plural[0]), (second, "second", plural[1]))]
     pronoun, verb_to_be = PRONOUNS["plural" if plural[0 if refers_to_first else 1] else "singular"]
-    if rng.random() < 0.5:  # "the apple fell on the ground ..."
+    if rng.random() < 1.0 - reverse_rate:  # "the apple fell on the ground ..."
         order, verb = (0, 1), rng.choice(chosen["verbs"]).split()
     else:  # "the ground caught the apple ..."
         order, verb = (1, 0), rng.choice(chosen["reverse_verbs"]).split()
@@ -225,6 +227,8 @@ class MaskedExample:
 
     inputs: list[str]
     targets: list[str | None]
+    pronoun: int | None = None  # in an "it" sentence, the position of the pronoun (hidden or not) ...
+    antecedent: int | None = None  # ... and of the noun it refers to
 
 
 # A replaced pronoun or verb becomes its partner, so a visible "it" may be wrong and is worth checking.
@@ -233,7 +237,7 @@ CONFUSABLE = {"it": "they", "they": "it", "was": "were", "were": "was"}
 
 def masked_example(rng: random.Random, words: list[str], *, mask_token: str = "<mask>", mask_rate: float = 0.15,
                    pronoun_rate: float = 0.5, coreference_rate: float = 0.7, plural_rate: float = 0.5,
-                   context_rate: float = 0.3, pair_mask_rate: float = 0.4,
+                   context_rate: float = 0.3, reverse_rate: float = 0.5, pair_mask_rate: float = 0.4,
                    pair_swap_rate: float = 0.3) -> MaskedExample:
     """One training example for masked-token prediction (BERT's recipe, with the pronoun chosen more often).
 
@@ -245,10 +249,15 @@ def masked_example(rng: random.Random, words: list[str], *, mask_token: str = "<
     In "it" sentences the pronoun and its verb are also chosen together with probability ``pronoun_rate``: both
     hidden (``pair_mask_rate``), both swapped to the other number (``pair_swap_rate``) or both kept. Because a
     visible "it was" may be a swapped "they were", the model must check it: when the nouns differ in number,
-    only the antecedent -- found from the adjective after the pronoun -- tells which is right. That check is the
-    coreference the encoder is trained to show.
+    only the antecedent -- found from the adjective after the pronoun -- tells which is right.
+
+    That alone taught the tiny encoder to resolve the pronoun, but not through one attention head (it combined
+    what it read from both nouns), so "it" examples also carry the positions of the pronoun and its antecedent,
+    for the pointing loss of the training script (``train.pointing_loss``).
     """
-    example = coreference_example(rng, plural_rate=plural_rate) if rng.random() < coreference_rate else None
+    example = None
+    if rng.random() < coreference_rate:
+        example = coreference_example(rng, plural_rate=plural_rate, reverse_rate=reverse_rate)
     text = example.words if example else sentence(rng)
     prefix = sentence(rng) if rng.random() < context_rate else []
     text = prefix + text
@@ -274,4 +283,6 @@ def masked_example(rng: random.Random, words: list[str], *, mask_token: str = "<
                 inputs[index] = mask_token
             elif draw < pair_mask_rate + pair_swap_rate:
                 inputs[index] = CONFUSABLE[text[index]]
-    return MaskedExample(inputs, targets)
+    if example is None:
+        return MaskedExample(inputs, targets)
+    return MaskedExample(inputs, targets, len(prefix) + example.pronoun, len(prefix) + example.antecedent)

@@ -63,10 +63,14 @@ def coreference_batch(tokenizer, examples):
     return ids, mask
 
 
-def held_out_coreference_examples(n: int = 200, *, seed: int = 1) -> list[data.CoreferenceExample]:
-    """Sentences whose (noun, noun, adjective) combination never occurs in the training data, half of each kind."""
+def held_out_coreference_examples(n: int = 200, *, seed: int = 1,
+                                  reverse_rate: float = 0.0) -> list[data.CoreferenceExample]:
+    """Sentences whose (noun, noun, adjective) combination never occurs in the training data, half of them
+    referring to each noun. ``reverse_rate=0``: the explainer's order ("the apple fell on the ground ..."); 1: the
+    other order ("the floor caught the apple ...")."""
     rng = random.Random(seed)
-    return [data.coreference_example(rng, refers_to_first=index % 2 == 0, split="held_out") for index in range(n)]
+    return [data.coreference_example(rng, refers_to_first=index % 2 == 0, reverse_rate=reverse_rate, split="held_out")
+            for index in range(n)]
 
 
 # ------------------------------------------------------------------------------------------------- scores
