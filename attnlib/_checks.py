@@ -8,6 +8,8 @@ common (``.shape``, ``.ndim``, ``.dtype``), so this module imports neither torch
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import numbers
 
 import numpy as np
@@ -54,6 +56,36 @@ def divisible(d_model: int, n_heads: int) -> None:
         )
 
 
+# Set while a model runs its own layers on values it has already checked (see ``checked_inside``).
+_INSIDE_CHECKED_CALL = contextvars.ContextVar("attnlib_inside_checked_call", default=False)
+
+
+@contextlib.contextmanager
+def checked_inside():
+    """Skip the NaN/inf scans of nested layers; the caller checks what enters and what leaves.
+
+    A scan reads every element, so for a one-token decoding step it costs as much as the arithmetic itself,
+    and a model would pay it in every attention, norm and feed-forward layer. ``TransformerLM`` checks its
+    token ids on the way in and its logits on the way out (``finite_result``) instead: a NaN or infinity
+    born inside (bad weights, overflow) still raises, once. Shape and dtype checks stay on everywhere.
+    """
+    token = _INSIDE_CHECKED_CALL.set(True)
+    try:
+        yield
+    finally:
+        _INSIDE_CHECKED_CALL.reset(token)
+
+
+def finite_result(name: str, x, *, producer: str):
+    """Raise if the output ``x`` of ``producer`` holds NaN or infinity (a symptom of bad weights or overflow)."""
+    if not _all_finite(x):
+        raise ValueError(
+            f"{producer} produced NaN or infinity in {name} (shape {tuple(x.shape)}, dtype {x.dtype}): "
+            "its parameters hold NaN/inf or a value overflowed the dtype"
+        )
+    return x
+
+
 def _is_floating(x) -> bool:
     is_float = getattr(x.dtype, "is_floating_point", None)  # torch.dtype has it, numpy dtypes do not
     if is_float is not None:
@@ -77,8 +109,16 @@ def floating_array(name: str, x, *, min_ndim: int = 1, finite: bool = True):
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(x.shape)}")
     if any(size == 0 for size in x.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-    if finite and not _all_finite(x):
+    if finite and not _INSIDE_CHECKED_CALL.get() and not _all_finite(x):
         raise ValueError(f"{name} contains NaN or infinity (shape {tuple(x.shape)})")
+    return x
+
+
+def scores(name: str, x):
+    """Attention scores: floating point and finite, except -inf, which marks a masked entry."""
+    floating_array(name, x, finite=False)
+    if not _INSIDE_CHECKED_CALL.get() and bool((x != x).any() | (x == float("inf")).any()):  # NaN != NaN
+        raise ValueError(f"{name} contains NaN or +inf (shape {tuple(x.shape)}); only -inf (masked) is allowed")
     return x
 
 

@@ -1,5 +1,7 @@
 """Malformed calls fail early with a ValueError/TypeError whose message names the argument and what was seen."""
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -124,3 +126,26 @@ def test_bad_input_is_rejected_with_a_clear_message(description, call, exception
 
 def test_there_are_at_least_25_malformed_calls():
     assert len(CASES) >= 25
+
+
+def _model_with_a_nan_weight(module):
+    model = module.TransformerLM(vocab_size=11, d_model=8, n_heads=2, d_ff=16, n_layers=2, max_len=16, **(
+        {"seed": 0} if module is anp else {}))
+    with torch.no_grad() if module is at else contextlib.nullcontext():
+        model.blocks[1].feed_forward.w_1[0, 0] = float("nan")
+    return model
+
+
+@pytest.mark.parametrize("module", [anp, at], ids=["numpy", "torch"])
+def test_a_nan_born_inside_the_model_is_caught_once_at_its_output(module):
+    # Inside TransformerLM the layers skip their NaN scans; the model checks its logits instead.
+    model = _model_with_a_nan_weight(module)
+    ids = np.array([[1, 2, 3]]) if module is anp else torch.tensor([[1, 2, 3]])
+    with pytest.raises(ValueError, match=r"TransformerLM produced NaN or infinity in logits \(shape \(1, 3, 11\)"):
+        model(ids)
+    with pytest.raises(ValueError, match=r"TransformerLM produced NaN"):
+        model.generate(ids, 2)
+    # The skip ends with the model call: a layer called on its own scans its input again, even after the error.
+    x = np.full((1, 2, 8), np.nan) if module is anp else torch.full((1, 2, 8), float("nan"))
+    with pytest.raises(ValueError, match=r"x contains NaN or infinity"):
+        model.blocks[0].norm1(x)

@@ -40,7 +40,8 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None):
     if causal:
         if n_k < n_q:
             raise ValueError(f"causal attention needs n_k >= n_q, got q {q.shape} and k {k.shape}")
-        allowed = causal_mask(n_q, n_k)
+        if n_q > 1:  # a single query is the newest position and sees every key: nothing to mask
+            allowed = causal_mask(n_q, n_k)
     if mask is not None:
         mask = np.asarray(mask)
         _checks.mask(mask, scores.shape)

@@ -47,9 +47,11 @@ class TransformerLM(LanguageModelBookkeeping, Module):
                 f"sequence of {start + n} positions (cached {start} + new {n}) exceeds max_len={self.max_len}"
             )
         x = self.token_embedding[ids] + self.position_embedding[start:start + n]  # (..., n, d_model)
-        for index, block in enumerate(self.blocks):
-            x = block(x, causal=self.causal, mask=mask, kv_cache=None if kv_cache is None else kv_cache[index])
-        return self.norm(x) @ self.head  # (..., n, vocab)
+        with _checks.checked_inside():  # the ids were checked above, the logits are checked below
+            for index, block in enumerate(self.blocks):
+                x = block(x, causal=self.causal, mask=mask, kv_cache=None if kv_cache is None else kv_cache[index])
+            logits = self.norm(x) @ self.head  # (..., n, vocab)
+        return _checks.finite_result("logits", logits, producer="TransformerLM")
 
     def generate(self, prompt_ids, n_new: int, *, use_kv_cache: bool = True) -> np.ndarray:
         """Greedy decoding. With the cache each step feeds one token; without it, the whole sequence again."""

@@ -21,11 +21,7 @@ from .. import _checks
 
 def _row_block(name: str, x) -> np.ndarray:
     """A block of scores: floating point, at least 1-D, finite except for -inf (masked entries)."""
-    x = np.asarray(x)
-    _checks.floating_array(name, x, finite=False)
-    if np.isnan(x).any() or np.isposinf(x).any():
-        raise ValueError(f"{name} contains NaN or +inf (shape {x.shape}); only -inf (masked) is allowed")
-    return x
+    return _checks.scores(name, np.asarray(x))
 
 
 def rescale_factor(m_old, m_new) -> np.ndarray:

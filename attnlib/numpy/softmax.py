@@ -14,10 +14,7 @@ def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     exponent <= 0, so ``exp`` cannot overflow. Entries equal to -inf (masked positions) get weight 0; a row
     that is entirely -inf has nothing to attend to and returns all zeros rather than 0/0 = NaN.
     """
-    x = np.asarray(x)
-    _checks.floating_array("x", x, finite=False)
-    if np.isnan(x).any() or np.isposinf(x).any():
-        raise ValueError(f"x contains NaN or +inf (shape {x.shape}); only -inf (masked) is allowed")
+    x = _checks.scores("x", np.asarray(x))
     m = np.max(x, axis=axis, keepdims=True)
     m = np.where(np.isfinite(m), m, 0.0)  # an all -inf row: any finite shift works, exp gives zeros
     e = np.exp(x - m)

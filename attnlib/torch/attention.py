@@ -36,7 +36,8 @@ def attention(q, k, v, *, mask=None, causal=False, scale=None):
     if causal:
         if n_k < n_q:
             raise ValueError(f"causal attention needs n_k >= n_q, got q {tuple(q.shape)} and k {tuple(k.shape)}")
-        allowed = causal_mask(n_q, n_k, device=q.device)
+        if n_q > 1:  # a single query is the newest position and sees every key: nothing to mask
+            allowed = causal_mask(n_q, n_k, device=q.device)
     if mask is not None:
         _checks.mask(mask, scores.shape)
         mask = mask.to(q.device)

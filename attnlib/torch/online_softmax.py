@@ -17,10 +17,7 @@ def _row_block(name: str, x: torch.Tensor) -> torch.Tensor:
     """A block of scores: a floating tensor, at least 1-D, finite except for -inf (masked entries)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    _checks.floating_array(name, x, finite=False)
-    if torch.isnan(x).any() or torch.isposinf(x).any():
-        raise ValueError(f"{name} contains NaN or +inf (shape {tuple(x.shape)}); only -inf (masked) is allowed")
-    return x
+    return _checks.scores(name, x)
 
 
 def rescale_factor(m_old: torch.Tensor, m_new: torch.Tensor) -> torch.Tensor:
