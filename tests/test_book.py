@@ -1,6 +1,7 @@
 """The book's structure: every chapter listed in _toc.yml exists, uses attnlib, checks claims and has exercises;
 and in the built site every internal link resolves."""
 
+import json
 import os
 import re
 from html.parser import HTMLParser
@@ -76,11 +77,16 @@ def _parse(path, cache={}):  # noqa: B006 - a per-run cache of parsed pages
     return cache[path]
 
 
-def test_internal_links_in_the_built_site_resolve():
+def _built_site():
     if not (SITE / "index.html").is_file():
         if os.environ.get("ATTNLIB_REQUIRE_BROWSER"):
             pytest.fail("the built site _build/html is missing; build the book first")
         pytest.skip("the built site _build/html is missing (run scripts/build-book.sh)")
+    return SITE
+
+
+def test_internal_links_in_the_built_site_resolve():
+    _built_site()
     broken = []
     pages = [p for p in SITE.rglob("*.html") if p.relative_to(SITE).parts[0] not in ("_static", "_sources")]
     assert len(pages) >= len(toc_files())
@@ -98,3 +104,17 @@ def test_internal_links_in_the_built_site_resolve():
             elif fragment and path.suffix == ".html" and fragment not in _parse(path).ids:
                 broken.append(f"{page.relative_to(SITE)} -> {link} (no such anchor)")
     assert broken == []
+
+
+@pytest.mark.parametrize("name", TEACHING_CHAPTERS)
+def test_the_site_offers_each_chapter_as_an_executed_notebook(name):
+    site = _built_site()
+    notebook_path = site / "_sources" / f"{name}.ipynb"
+    assert notebook_path.is_file(), f"{notebook_path.relative_to(site)} is missing"
+    notebook = json.loads(notebook_path.read_text())
+    assert notebook["nbformat"] == 4
+    code_cells = [cell for cell in notebook["cells"] if cell["cell_type"] == "code"]
+    assert code_cells and any("attnlib" in "".join(cell["source"]) for cell in code_cells)
+    assert sum(bool(cell.get("outputs")) for cell in code_cells) >= len(code_cells) // 2, "the notebook is executed"
+    page_links = _parse(site / f"{name}.html").links
+    assert any(link.endswith(f"_sources/{name}.ipynb") for link in page_links), "the page links its notebook"
