@@ -33,9 +33,7 @@ for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[variable] = THREADS
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -45,6 +43,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _machine import host_info  # noqa: E402
 
 import attnlib  # noqa: E402
 from attnlib.numpy import flash_attention  # noqa: E402
@@ -155,34 +154,11 @@ def max_abs_difference(n: int, inputs) -> dict:
     return {method: float(np.abs(out - outputs["naive_numpy"]).max()) for method, out in outputs.items()}
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict:
     blas = np.show_config(mode="dicts").get("Build Dependencies", {}).get("blas", {})
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "numpy_blas": f"{blas.get('name', '?')} {blas.get('version', '')}".strip(),
-        "torch": torch.__version__,
-        "threads": int(THREADS),
-        "torch_threads": torch.get_num_threads(),
-        "attnlib": attnlib.__version__,
-        "load_average_at_start": list(os.getloadavg()),
-    }
+    return host_info(numpy=np.__version__, numpy_blas=f"{blas.get('name', '?')} {blas.get('version', '')}".strip(),
+                     torch=torch.__version__, threads=int(THREADS), torch_threads=torch.get_num_threads(),
+                     attnlib=attnlib.__version__)
 
 
 def evaluate_goals(results: list[dict]) -> dict:

@@ -22,10 +22,8 @@ Usage: ``python benchmarks/bench_flash_gpu.py [--quick] [--dtype float16|bfloat1
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import platform
 import re
 import statistics
 import subprocess
@@ -34,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy
+from _machine import host_info
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -224,21 +223,17 @@ def machine_info(torch) -> dict:
     except (OSError, subprocess.SubprocessError, IndexError):
         driver = "unknown (nvidia-smi not available)"
     properties = torch.cuda.get_device_properties(0)
-    return {
-        "device": torch.cuda.get_device_name(0),
-        "compute_capability": f"{properties.major}.{properties.minor}",
-        "gpu_memory_gib": round(properties.total_memory / 2**30, 1),
-        "multiprocessors": properties.multi_processor_count,
-        "driver": driver,
-        "cuda": torch.version.cuda,
-        "torch": torch.__version__,
-        "triton": triton_version,
-        "numpy": numpy.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cpu": platform.processor() or platform.machine(),
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
+    return host_info(
+        device=torch.cuda.get_device_name(0),
+        compute_capability=f"{properties.major}.{properties.minor}",
+        gpu_memory_gib=round(properties.total_memory / 2**30, 1),
+        multiprocessors=properties.multi_processor_count,
+        driver=driver,
+        cuda=torch.version.cuda,
+        torch=torch.__version__,
+        triton=triton_version,
+        numpy=numpy.__version__,
+    )
 
 
 def run_benchmark(

@@ -19,14 +19,13 @@ for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[variable] = THREADS
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
+from _machine import host_info  # noqa: E402
 
 import attnlib  # noqa: E402
 from attnlib import pretrained  # noqa: E402
@@ -36,27 +35,7 @@ RESULTS = Path(__file__).resolve().parent / "results" / "kv_cache.json"
 
 
 def machine() -> dict:
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu": _cpu_name(),
-        "logical_cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "attnlib": attnlib.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "load_average_at_start": list(os.getloadavg()),
-    }
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return host_info(torch=torch.__version__, attnlib=attnlib.__version__, torch_threads=torch.get_num_threads())
 
 
 def timed(function) -> tuple[float, torch.Tensor]:

@@ -24,9 +24,7 @@ for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[variable] = THREADS
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
 import json  # noqa: E402
-import platform  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -35,6 +33,7 @@ import anywidget  # noqa: E402
 import ipywidgets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from _machine import host_info  # noqa: E402
 
 import attnlib  # noqa: E402
 import attnlib.numpy as an  # noqa: E402
@@ -96,32 +95,9 @@ def serialise(figure, repeats: int) -> tuple[list[float], int]:
     return times, size
 
 
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            for line in cpuinfo:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def machine_info() -> dict:
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "platform": platform.platform(),
-        "cpu": cpu_model(),
-        "logical_cpus": os.cpu_count(),
-        "blas_threads": int(THREADS),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "torch": torch.__version__,
-        "anywidget": anywidget.__version__,
-        "ipywidgets": ipywidgets.__version__,
-        "attnlib": attnlib.__version__,
-        "load_average_at_start": list(os.getloadavg()),
-    }
+    return host_info(blas_threads=int(THREADS), numpy=np.__version__, torch=torch.__version__,
+                     anywidget=anywidget.__version__, ipywidgets=ipywidgets.__version__, attnlib=attnlib.__version__)
 
 
 def main():

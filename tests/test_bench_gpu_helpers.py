@@ -20,6 +20,8 @@ SCRIPT = ROOT / "benchmarks" / "bench_flash_gpu.py"
 
 @pytest.fixture(scope="module")
 def bench():
+    if str(SCRIPT.parent) not in sys.path:  # as when run as a script: benchmarks/ first, for its _machine helper
+        sys.path.insert(0, str(SCRIPT.parent))
     spec = importlib.util.spec_from_file_location("bench_flash_gpu", SCRIPT)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
