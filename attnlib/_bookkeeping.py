@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from . import _checks
+
 
 def count(module, *, matrices_only: bool = False) -> int:
     """Number of scalars in ``module``'s parameters (only 2-D weight matrices if ``matrices_only``)."""
@@ -34,7 +36,7 @@ class BlockBookkeeping:
 
 
 class LanguageModelBookkeeping:
-    """For ``TransformerLM``: constructor arguments and a parameter count by kind."""
+    """For ``TransformerLM``: constructor arguments, a parameter count by kind, and the checks of its arguments."""
 
     def config(self) -> dict:
         block = self.blocks[0].config()
@@ -54,3 +56,24 @@ class LanguageModelBookkeeping:
         }
         counts["total"] = sum(counts.values())
         return counts
+
+    def _start_position(self, ids, kv_cache) -> int:
+        """Check the token ids of a forward call; return the position of the first one (after any cached ones)."""
+        _checks.token_ids("ids", ids, self.vocab_size)
+        start = 0 if kv_cache is None else kv_cache.length
+        n = ids.shape[-1]
+        if start + n > self.max_len:
+            raise ValueError(
+                f"sequence of {start + n} positions (cached {start} + new {n}) exceeds max_len={self.max_len}"
+            )
+        return start
+
+    def _check_generate(self, prompt_ids, n_new) -> int:
+        """Check the arguments of ``generate``; return ``n_new`` as an int."""
+        n_new = _checks.non_negative_int("n_new", n_new)
+        _checks.token_ids("prompt_ids", prompt_ids, self.vocab_size)
+        if not self.causal:
+            raise ValueError("generate needs a causal model (causal=True); this one is bidirectional")
+        if prompt_ids.shape[-1] + n_new > self.max_len:
+            raise ValueError(f"prompt of {prompt_ids.shape[-1]} tokens + n_new={n_new} exceeds max_len={self.max_len}")
+        return n_new

@@ -36,14 +36,8 @@ class TransformerLM(LanguageModelBookkeeping, nn.Module):
 
     def forward(self, ids, *, mask=None, kv_cache: KVCache | None = None):
         """ids (..., n) integer tokens -> logits (..., n, vocab). With a cache, ids are the *new* tokens."""
-        _checks.token_ids("ids", ids, self.vocab_size)
-        start = 0 if kv_cache is None else kv_cache.length
-        n = ids.shape[-1]
-        if start + n > self.max_len:
-            raise ValueError(
-                f"sequence of {start + n} positions (cached {start} + new {n}) exceeds max_len={self.max_len}"
-            )
-        x = self.token_embedding[ids] + self.position_embedding[start:start + n]  # (..., n, d_model)
+        start = self._start_position(ids, kv_cache)
+        x = self.token_embedding[ids] + self.position_embedding[start:start + ids.shape[-1]]  # (..., n, d_model)
         with _checks.checked_inside():  # the ids were checked above, the logits are checked below
             for index, block in enumerate(self.blocks):
                 x = block(x, causal=self.causal, mask=mask, kv_cache=None if kv_cache is None else kv_cache[index])
@@ -53,12 +47,7 @@ class TransformerLM(LanguageModelBookkeeping, nn.Module):
     @torch.no_grad()
     def generate(self, prompt_ids, n_new: int, *, use_kv_cache: bool = True) -> torch.Tensor:
         """Greedy decoding. With the cache each step feeds one token; without it, the whole sequence again."""
-        n_new = _checks.non_negative_int("n_new", n_new)
-        _checks.token_ids("prompt_ids", prompt_ids, self.vocab_size)
-        if not self.causal:
-            raise ValueError("generate needs a causal model (causal=True); this one is bidirectional")
-        if prompt_ids.shape[-1] + n_new > self.max_len:
-            raise ValueError(f"prompt of {prompt_ids.shape[-1]} tokens + n_new={n_new} exceeds max_len={self.max_len}")
+        n_new = self._check_generate(prompt_ids, n_new)
         ids = prompt_ids
         cache = self.new_cache() if use_kv_cache else None
         logits = self(ids, kv_cache=cache)
