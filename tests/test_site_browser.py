@@ -40,10 +40,10 @@ def unavailable(reason: str):
 
 
 def site_pages() -> list[str]:
-    """Every HTML page of the site, as paths relative to its root (assets and sources excluded)."""
+    """Every HTML page of the site, as paths relative to its root (assets, sources and hidden folders excluded)."""
     skip = {"_static", "_sources", "vendor", "_images"}
     return sorted(p.relative_to(SITE).as_posix() for p in SITE.rglob("*.html")
-                  if p.relative_to(SITE).parts[0] not in skip)
+                  if p.relative_to(SITE).parts[0] not in skip and not p.relative_to(SITE).parts[0].startswith("."))
 
 
 def pages_with(widget_class: str) -> list[str]:
@@ -143,11 +143,22 @@ def screenshot(locator, name: str) -> bytes:
     return locator.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
+GALLERY = "chapters/widgets_gallery.html"
+
+
 def page_for(widget_class: str) -> str:
+    """The gallery, which shows every kind of figure with all its controls; else the first page with one."""
     pages = pages_with(widget_class)
     if not pages:
         unavailable(f"no page of the built site shows a {widget_class} (is chapters/widgets_gallery in _toc.yml?)")
-    return pages[0]
+    return GALLERY if GALLERY in pages else pages[0]
+
+
+def pages_showing(widget_class: str, wanted: list[str]) -> list[str]:
+    """Those of the ``wanted`` pages that show a figure of this class (all of them, once the site is built)."""
+    if not SITE.is_dir():
+        return wanted  # the tests then skip (or fail under ATTNLIB_REQUIRE_BROWSER=1) in the site_url fixture
+    return [page for page in wanted if page in pages_with(widget_class)] or wanted
 
 
 # --- every page -----------------------------------------------------------------------------------------------
@@ -319,4 +330,96 @@ def test_add_norm_view_toggles_redraw_the_profiles(open_page):
         seen.add(tuple(curves()))
         screenshot(figure, f"add_norm_{role}")
     assert len(seen) == 4, "each of the four wirings draws its own curves"
+    assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}
+
+
+# --- queries and keys apart: the library explorer ---------------------------------------------------------------
+
+
+def heatmap_and_output(figure) -> tuple[list, list[str], str]:
+    """The heatmap's cell colours, the output bars' numbers and the readout's first line."""
+    return (explorer_cells(figure), figure.locator("svg[data-role=output] .attnlib-output-value").evaluate_all(
+        "texts => texts.map(t => t.textContent)"), figure.locator(".attnlib-readout-lead").inner_text())
+
+
+@pytest.mark.parametrize("path", pages_showing("attention_explorer.AttentionExplorer",
+                                               ["chapters/01_qkv.html", GALLERY]))
+def test_library_explorer_temperature_and_query_redraw_weights_and_output(open_page, path):
+    visit = open_page(path)
+    figure = visit.page.locator(".attnlib-explorer", has=visit.page.locator("button[data-role=temperature]")).first
+    assert figure.count() == 1, f"no explorer with temperatures on {path}"
+    heatmap = figure.locator("svg[data-role=heatmap]")
+    n_queries = heatmap.locator("[data-row]").count()
+    n_keys = heatmap.locator("[data-column]").count()
+    assert n_queries != n_keys, "queries and keys are different things here, with their own labels"
+    assert figure.locator("svg[data-role=output] rect[data-column]").count() > 0, "the kept query's output is drawn"
+    start = heatmap_and_output(figure)
+    screenshot(figure, f"library_explorer_{Path(path).stem}_start")
+
+    buttons = figure.locator("button[data-role=temperature]")
+    buttons.last.click()  # the highest temperature: flatter weights, an answer closer to the average book
+    assert buttons.last.get_attribute("aria-pressed") == "true"
+    hot = heatmap_and_output(figure)
+    assert hot[0] != start[0], "the temperature changed the heatmap"
+    assert hot[1] != start[1], "the temperature changed the weighted sum"
+    assert hot[2] == start[2], "the same query is kept"
+    screenshot(figure, f"library_explorer_{Path(path).stem}_hot")
+
+    select = figure.locator("select[data-role=query]")
+    other = "1" if select.input_value() != "1" else "2"
+    select.select_option(other)
+    picked = heatmap_and_output(figure)
+    assert picked[2] != hot[2] and picked[1] != hot[1], "another query: its own weights and output"
+    assert figure.locator(".attnlib-row-highlight").first.get_attribute("visibility") == "visible"
+
+    heatmap.locator("rect[data-i='0'][data-j='0']").click()  # clicking a row keeps that query
+    assert figure.locator("select[data-role=query]").input_value() == "0"
+    assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}
+
+
+# --- the feed-forward memory ------------------------------------------------------------------------------------
+
+
+def memory_state(figure) -> dict:
+    slots = figure.locator("svg[data-role=slots]")
+    return {"summary": figure.locator("[data-role=summary]").inner_text(),
+            "fires": slots.locator("[data-role=slot-fires]").count(),
+            "matches": [float(v) for v in slots.locator("rect[data-role=match]").evaluate_all(
+                "rects => rects.map(r => r.dataset.value)")],
+            "gates": [float(v) for v in slots.locator("rect[data-role=gate]").evaluate_all(
+                "rects => rects.map(r => r.dataset.value)")],
+            "output": slots.locator("[data-role=output] rect").evaluate_all(
+                "rects => rects.map(r => r.getAttribute('fill'))"),
+            "readout": figure.locator("svg[data-role=readout] rect[data-word]").evaluate_all(
+                "rects => rects.map(r => r.getAttribute('width'))")}
+
+
+@pytest.mark.parametrize("path", pages_showing("feed_forward_memory_view.FeedForwardMemoryView",
+                                               ["chapters/05_feed_forward.html", GALLERY]))
+def test_feed_forward_memory_input_and_activation_redraw(open_page, path):
+    visit = open_page(path)
+    figure = visit.page.locator(".attnlib-ffn").first
+    first = memory_state(figure)
+    n_slots = len(first["matches"])
+    assert n_slots > 1 and first["output"] and first["readout"], "slots, output strip and readout are drawn"
+    assert first["gates"] == [max(m, 0.0) for m in first["matches"]], "ReLU: the gate is the match, or 0"
+    assert first["fires"] == sum(g > 0 for g in first["gates"]) >= 1
+    screenshot(figure, f"ffn_memory_{Path(path).stem}_first")
+
+    inputs = figure.locator("button[data-role=input]")
+    inputs.nth(1).click()
+    assert inputs.nth(1).get_attribute("aria-pressed") == "true"
+    second = memory_state(figure)
+    assert second["matches"] != first["matches"] and second["summary"] != first["summary"]
+    assert second["output"] != first["output"], "another input, another output"
+
+    figure.locator("button[data-role=activation-off]").click()
+    linear = memory_state(figure)
+    assert linear["gates"] == linear["matches"], "without the activation the match passes through unchanged"
+    assert linear["fires"] == n_slots, "every slot passes its match on, negative ones too"
+    assert linear["output"] != second["output"] and linear["readout"] != second["readout"]
+    assert "Without the activation" in linear["summary"]
+    screenshot(figure, f"ffn_memory_{Path(path).stem}_linear")
+    figure.locator("button[data-role=activation-on]").click()
+    assert memory_state(figure) == second
     assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}

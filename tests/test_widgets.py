@@ -13,13 +13,21 @@ import torch
 import attnlib.numpy as an
 import attnlib.torch as at
 from attnlib.numpy.flash_attention import FlashTrace, flash_attention
-from attnlib.widgets import ALL_HEADS, AddNormView, AttentionExplorer, ExamGrader, KVCacheView, TileStepper
+from attnlib.widgets import (
+    ALL_HEADS,
+    AddNormView,
+    AttentionExplorer,
+    ExamGrader,
+    FeedForwardMemoryView,
+    KVCacheView,
+    TileStepper,
+)
 from attnlib.widgets._base import STATIC
 from attnlib.widgets.add_norm_view import WIRINGS
 from attnlib.widgets.kv_cache_view import expected_work
 
 ROUNDING = 5e-7  # figures store weights rounded to 6 decimals
-FIGURES = [AttentionExplorer, TileStepper, ExamGrader, KVCacheView, AddNormView]
+FIGURES = [AttentionExplorer, TileStepper, ExamGrader, KVCacheView, AddNormView, FeedForwardMemoryView]
 
 
 @pytest.mark.parametrize("figure", FIGURES)
@@ -51,11 +59,12 @@ def test_explorer_from_model_holds_every_layer_and_head_of_attnlib():
     assert model.causal is True  # from_model flips the flag to get both maps, then restores it
     model(ids[None])  # causal, as the model is
     expected = np.stack([block.attention.last_weights[0] for block in model.blocks])  # (L, H, n, n)
-    np.testing.assert_allclose(explorer.causal_weights, expected, atol=ROUNDING)
+    assert explorer.temperatures == [1.0]  # one temperature axis entry: the maps as the model computed them
+    np.testing.assert_allclose(explorer.causal_weights[0], expected, atol=ROUNDING)
     model.causal = False
     model(ids[None])
     expected = np.stack([block.attention.last_weights[0] for block in model.blocks])
-    np.testing.assert_allclose(explorer.weights, expected, atol=ROUNDING)
+    np.testing.assert_allclose(explorer.weights[0], expected, atol=ROUNDING)
     causal = np.asarray(explorer.causal_weights)
     upper = np.triu(np.ones((5, 5), dtype=bool), k=1)
     assert (causal[..., upper] == 0).all(), "above the diagonal, causal weights are exactly 0"
@@ -95,7 +104,7 @@ def test_explorer_state_is_plain_json():
     state = explorer.get_state()
     json.dumps(state)  # the notebook stores it, the static page draws from it
     assert state["_esm"] == (STATIC / "attention_explorer.js").read_text()
-    assert state["tokens"] == ["one", "two", "three"]
+    assert state["query_labels"] == state["key_labels"] == ["one", "two", "three"]
 
 
 def test_explorer_sentence_and_seed_recompute():
@@ -108,7 +117,7 @@ def test_explorer_sentence_and_seed_recompute():
     explorer.seed = 3
     assert explorer.weights != fresh.weights
     assert explorer.weights == AttentionExplorer.from_sentence("the cat sat on the mat", seed=3).weights
-    assert first.shape == (2, 4, 3, 3) and explorer.error == ""
+    assert first.shape == (1, 2, 4, 3, 3) and explorer.error == ""
 
 
 def test_explorer_with_a_model_and_tokenizer():
@@ -176,6 +185,116 @@ def test_explorer_bad_live_input_is_shown_in_the_figure():
     assert "80 tokens" in explorer.error
     explorer.sentence = "x y"
     assert explorer.error == "" and explorer.tokens == ["x", "y"]
+
+
+SIX = list("uvwxyz")
+
+
+def library(seed=0):
+    """Four notes (queries) looking up six books (keys) whose contents (values) have three kinds of material."""
+    rng = np.random.default_rng(seed)
+    q, k, v = rng.standard_normal((4, 5)), rng.standard_normal((6, 5)), rng.random((6, 3))
+    return q, k, v, list("ABCD"), ["b0", "b1", "b2", "b3", "b4", "b5"], ["x", "y", "z"]
+
+
+def test_explorer_from_qkv_holds_attnlib_weights_and_outputs_at_every_temperature():
+    q, k, v, notes, books, material = library()
+    temperatures = [0.25, 1.0, 4.0]
+    explorer = AttentionExplorer.from_qkv(q, k, v, query_labels=notes, key_labels=books, value_labels=material,
+                                          temperatures=temperatures, query=2)
+    assert explorer.shape == (1, 1, 4, 6) and explorer.temperature == 1.0 and explorer.query == 2
+    assert explorer.query_labels == notes and explorer.key_labels == books and explorer.value_labels == material
+    assert explorer.causal_weights == [] and explorer.causal_outputs == []
+    for index, temperature in enumerate(temperatures):
+        output, weights = an.attention(q, k, v, scale=1 / (np.sqrt(5) * temperature))
+        np.testing.assert_allclose(np.asarray(explorer.weights)[index, 0, 0], weights, atol=ROUNDING)
+        np.testing.assert_allclose(np.asarray(explorer.outputs)[index, 0, 0], output, atol=ROUNDING)
+        explorer.temperature = temperature
+        np.testing.assert_allclose(explorer.shown_weights(), weights, atol=ROUNDING)
+        np.testing.assert_allclose(explorer.shown_outputs(), output, atol=ROUNDING)
+    # Lower temperature, sharper weights: the top weight of every row falls as T grows.
+    tops = np.asarray(explorer.weights).max(axis=-1)[:, 0, 0]  # (temperatures, n_q)
+    assert (tops[0] > tops[1]).all() and (tops[1] > tops[2]).all()
+    with pytest.raises(AttributeError, match="query_labels and key_labels"):
+        explorer.tokens  # noqa: B018 - the property refuses: queries and keys are different things
+
+
+def test_explorer_from_qkv_with_heads_and_a_scale():
+    rng = np.random.default_rng(1)
+    q, k, v = rng.standard_normal((2, 3, 4)), rng.standard_normal((2, 5, 4)), rng.standard_normal((2, 5, 2))
+    explorer = AttentionExplorer.from_qkv(q, k, v, query_labels=list("abc"), key_labels=list("vwxyz"), scale=0.3,
+                                          head=ALL_HEADS)
+    output, weights = an.attention(q, k, v, scale=0.3)
+    assert explorer.shape == (1, 2, 3, 5) and explorer.value_labels == ["output[0]", "output[1]"]
+    np.testing.assert_allclose(explorer.shown_weights(), weights, atol=ROUNDING)
+    np.testing.assert_allclose(explorer.shown_outputs(), output, atol=ROUNDING)
+
+
+def test_explorer_tokens_or_separate_labels():
+    weights = np.full((2, 3), 1 / 3)  # two queries over three keys
+    cross = AttentionExplorer(weights=weights, query_labels=["q0", "q1"], key_labels=["k0", "k1", "k2"],
+                              outputs=np.ones((2, 4)), value_labels=list("abcd"))
+    assert cross.shape == (1, 1, 2, 3) and cross.temperatures == [1.0] and cross.query == -1
+    np.testing.assert_allclose(cross.shown_outputs(), np.ones((2, 4)))
+    square = AttentionExplorer(["a", "b"], np.eye(2))  # the single-list call: queries and keys are the tokens
+    assert square.query_labels == square.key_labels == square.tokens == ["a", "b"]
+    with pytest.raises(ValueError, match="without outputs"):
+        square.shown_outputs()
+    square.query = 1
+    with pytest.raises(ValueError, match=r"query must be in \[0, 2\)"):
+        square.query = 2
+
+
+def test_explorer_new_sentence_lets_go_of_the_pinned_query():
+    explorer = AttentionExplorer.from_sentence("a b c d", seed=0, query=3)
+    explorer.sentence = "a b"
+    assert explorer.query == -1 and explorer.error == "" and explorer.tokens == ["a", "b"]
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: AttentionExplorer(weights=np.full((3, 6), 1 / 6), query_labels=list("abcd"), key_labels=SIX),
+         r"weights must have shape \(\.\.\., n_q, n_k\) = \(\.\.\., 4, 6\) for n_q = 4 labels in query_labels and "
+         r"n_k = 6 in key_labels, got \(3, 6\)"),
+        (lambda: AttentionExplorer(weights=np.full((4, 5), 1 / 5), query_labels=list("abcd"), key_labels=SIX),
+         r"n_k = 6 in key_labels, got \(4, 5\)"),
+        (lambda: AttentionExplorer(["a", "b"], np.eye(2), key_labels=["a", "b"]), "give tokens .* not both"),
+        (lambda: AttentionExplorer(weights=np.eye(2), query_labels=["a", "b"]), "both query_labels and key_labels"),
+        (lambda: AttentionExplorer(weights=np.eye(2), query_labels=["a", "b"], key_labels="ab"),
+         "key_labels must be a list of strings"),
+        (lambda: AttentionExplorer(["a", "b"], np.eye(2), outputs=np.ones((3, 2))),
+         r"outputs must have one row per query row of weights.*got \(3, 2\)"),
+        (lambda: AttentionExplorer(["a", "b"], np.eye(2), outputs=np.ones((2, 2)), value_labels=["x"]),
+         r"value_labels must have one label per output column \(d_v = 2\), got 1"),
+        (lambda: AttentionExplorer(["a", "b"], np.eye(2), value_labels=["x"]), "give outputs too"),
+        (lambda: AttentionExplorer(["a", "b"], np.eye(2), causal_outputs=np.ones((2, 2))),
+         "causal_outputs needs causal_weights"),
+        (lambda: AttentionExplorer(["a", "b"], np.eye(2), outputs=np.ones((2, 40))), "at most 32"),
+        (lambda: AttentionExplorer(["a", "b"], np.stack([np.eye(2)] * 2), temperatures=[1.0, 2.0, 3.0]),
+         r"3 temperatures first.*got \(2, 2, 2\)"),
+        (lambda: AttentionExplorer(["a", "b"], np.stack([np.eye(2)] * 2), temperatures=[1.0, 1.0]), "distinct"),
+        (lambda: AttentionExplorer(["a", "b"], np.eye(2)[None], temperatures=[0.0]), "temperatures"),
+        (lambda: AttentionExplorer(["a", "b"], np.eye(2)[None], temperatures=[2.0], temperature=1.0),
+         r"temperature must be one of the temperatures computed, \[2.0\]"),
+        (lambda: AttentionExplorer(["a", "b"], np.eye(2), query=5), "query must be in"),
+        (lambda: AttentionExplorer.from_qkv(*library()[:3], query_labels=list("abc"), key_labels=library()[4]),
+         r"query_labels must have one label per query \(row of q\): 3 labels for q of shape \(4, 5\)"),
+        (lambda: AttentionExplorer.from_qkv(*library()[:3], query_labels=library()[3], key_labels=["k"]),
+         r"key_labels must have one label per key \(row of k\): 1 labels for k of shape \(6, 5\)"),
+        (lambda: AttentionExplorer.from_qkv(*library()[:3], query_labels=library()[3], key_labels=library()[4],
+                                            value_labels=["x"]), "value_labels must have one label per output column"),
+        (lambda: AttentionExplorer.from_qkv(np.ones((1, 1, 2, 3)), np.ones((2, 3)), np.ones((2, 3)),
+                                            query_labels=["a", "b"], key_labels=["c", "d"]), "q must have shape"),
+        (lambda: AttentionExplorer.from_qkv(np.ones((2, 3)), np.ones((2, 4)), np.ones((2, 3)),
+                                            query_labels=["a", "b"], key_labels=["c", "d"]), "q and k must share"),
+        (lambda: AttentionExplorer.from_qkv(*library()[:3], query_labels=library()[3], key_labels=library()[4],
+                                            temperatures=[]), "temperatures must hold 1 to 9 values"),
+    ],
+)
+def test_explorer_bad_labels_outputs_and_temperatures_name_the_argument(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
 
 
 # --- TileStepper ----------------------------------------------------------------------------------------------
@@ -488,5 +607,127 @@ def test_add_norm_view_plain_data():
     ],
 )
 def test_add_norm_view_bad_input_names_the_argument(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+# --- FeedForwardMemoryView ------------------------------------------------------------------------------------
+
+
+def memory(seed=0):
+    """A three-slot memory in 8 dimensions: each slot's key is the sum of two word vectors, its value a third.
+    The eight word vectors are orthonormal, so a slot's match is exactly 2 * 2 - 3 = 1 for its two words, -1 for
+    one of them and -3 for neither."""
+    vectors, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((8, 8)))  # orthonormal columns
+    words = dict(zip("abcdefgh", vectors.T, strict=True))
+    facts = [("a", "b", "f"), ("c", "d", "g"), ("a", "e", "h")]
+    ffn = at.FeedForward(8, 3).double()
+    with torch.no_grad():
+        ffn.w_1.copy_(torch.tensor(np.stack([2 * (words[x] + words[y]) for x, y, _ in facts], axis=1)))  # (8, 3)
+        ffn.b_1.fill_(-3.0)
+        ffn.w_2.copy_(torch.tensor(np.stack([words[z] for *_, z in facts])))  # (3, 8)
+        ffn.b_2.zero_()
+    inputs = np.stack([words["a"] + words["b"], words["c"] + words["d"], words["a"] + words["c"]])  # (3, 8)
+    return ffn, inputs, ["a + b", "c + d", "a + c"], [f"{x} + {y} → {z}" for x, y, z in facts], words
+
+
+def test_ffn_view_numbers_are_attnlib_feed_forward():
+    ffn, inputs, labels, slots, words = memory()
+    view = FeedForwardMemoryView(ffn, inputs, input_labels=labels, slot_labels=slots, readout=words)
+    x = torch.tensor(inputs)
+    with torch.no_grad():
+        pre = x @ ffn.w_1 + ffn.b_1  # (3, 3)
+        expected = {"outputs": ffn(x), "linear_outputs": pre @ ffn.w_2 + ffn.b_2}
+    np.testing.assert_allclose(view.pre_activation, pre.numpy(), atol=ROUNDING)
+    np.testing.assert_allclose(view.pre_activation, [[1, -3, -1], [-3, 1, -3], [-1, -1, -1]], atol=1e-6)
+    np.testing.assert_allclose(view.with_activation["gates"], torch.relu(pre).numpy(), atol=ROUNDING)
+    np.testing.assert_allclose(view.without_activation["gates"], pre.numpy(), atol=ROUNDING)
+    np.testing.assert_allclose(view.with_activation["outputs"], expected["outputs"].numpy(), atol=ROUNDING)
+    np.testing.assert_allclose(view.without_activation["outputs"], expected["linear_outputs"].numpy(), atol=ROUNDING)
+    vectors = np.stack(list(words.values()))  # (8 words, 8) unit vectors
+    for mode, outputs in ((view.with_activation, expected["outputs"]), (view.without_activation,
+                                                                        expected["linear_outputs"])):
+        # The output is the sum of what the slots add (gate_j v_j), plus b_2.
+        total = np.asarray(mode["contributions"]).sum(axis=1) + np.asarray(view.bias)
+        np.testing.assert_allclose(total, mode["outputs"], atol=1e-5)
+        outputs = outputs.numpy()
+        norms = np.linalg.norm(outputs, axis=1, keepdims=True)
+        cosine = np.where(norms > 0, outputs @ vectors.T / np.maximum(norms, 1e-300), 0)
+        np.testing.assert_allclose(mode["readout"], cosine, atol=ROUNDING)
+    # With the ReLU, each input that matches a slot's two words fires exactly that slot; "a + c" fires none.
+    fires = np.asarray(view.with_activation["gates"]) > 0
+    assert fires.tolist() == [[True, False, False], [False, True, False], [False, False, False]]
+    assert np.abs(view.with_activation["outputs"][2]).max() == 0 and view.with_activation["readout"][2] == [0.0] * 8
+    nearest = [list(words)[int(np.argmax(row))] for row in view.with_activation["readout"][:2]]
+    assert nearest == ["f", "g"]
+    assert view.readout_labels == list(words) and view.slot_labels == slots and view.activation_name == "relu"
+
+
+def test_ffn_view_numpy_gelu_and_float32_torch():
+    ffn_numpy = an.FeedForward(6, 4, activation="gelu", seed=0)
+    inputs = np.random.default_rng(0).standard_normal((2, 6))
+    view = FeedForwardMemoryView(ffn_numpy, inputs, input_labels=["p", "q"])
+    np.testing.assert_allclose(view.with_activation["outputs"], ffn_numpy(inputs), atol=ROUNDING)
+    pre = inputs @ ffn_numpy.w_1 + ffn_numpy.b_1
+    np.testing.assert_allclose(view.with_activation["gates"], an.gelu(pre) if hasattr(an, "gelu") else
+                               torch.nn.functional.gelu(torch.tensor(pre)).numpy(), atol=ROUNDING)
+    assert view.activation_name == "gelu" and view.slot_labels == ["slot 0", "slot 1", "slot 2", "slot 3"]
+    assert view.readout_labels == [] and view.with_activation["readout"] == []
+    torch.manual_seed(0)
+    ffn_torch = at.FeedForward(6, 4)  # float32
+    view = FeedForwardMemoryView(ffn_torch, torch.tensor(inputs, dtype=torch.float32), input_labels=["p", "q"])
+    with torch.no_grad():
+        np.testing.assert_allclose(view.with_activation["outputs"], ffn_torch(torch.tensor(inputs).float()).numpy(),
+                                   atol=1e-5)
+
+
+def test_ffn_view_shows_what_the_reader_picked():
+    ffn, inputs, labels, slots, words = memory()
+    view = FeedForwardMemoryView(ffn, inputs, input_labels=labels, slot_labels=slots, readout=words, input_index=1)
+    shown = view.shown()
+    assert shown["gates"].tolist() == view.with_activation["gates"][1] and shown["readout"].shape == (8,)
+    view.activation = False
+    np.testing.assert_allclose(view.shown()["gates"], view.pre_activation[1])
+    np.testing.assert_allclose(view.shown()["output"], view.without_activation["outputs"][1])
+    with pytest.raises(ValueError, match=r"input_index must be in \[0, 3\)"):
+        view.input_index = 3
+    import json
+
+    json.dumps(view.get_state())  # the static page draws from this state
+
+
+def ffn_view(**changes):
+    """The memory() view, with some constructor arguments changed."""
+    ffn, inputs, labels, slots, words = memory()
+    arguments = {"ffn": ffn, "inputs": inputs, "input_labels": labels, "slot_labels": slots, "readout": words}
+    return FeedForwardMemoryView(**{**arguments, **changes})
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: ffn_view(ffn=torch.nn.Linear(2, 2)), "ffn must be an attnlib FeedForward"),
+        (lambda: ffn_view(ffn="ffn"), "ffn must be an attnlib FeedForward"),
+        (lambda: FeedForwardMemoryView(an.FeedForward(4, 64, seed=0), np.ones((1, 4)), input_labels=["x"]),
+         "d_ff = 64 slots; at most 32"),
+        (lambda: FeedForwardMemoryView(an.FeedForward(200, 4, seed=0), np.ones((1, 200)), input_labels=["x"]),
+         "d_model = 200; at most 128"),
+        (lambda: ffn_view(inputs=np.ones((3, 5))),
+         r"inputs must have shape \(n_inputs, d_model\) = \(n_inputs, 8\), got \(3, 5\)"),
+        (lambda: ffn_view(inputs=np.ones(8), input_labels=["x"]), r"inputs must have shape.*got \(8,\)"),
+        (lambda: ffn_view(inputs=np.full((3, 8), np.nan)), "inputs contains NaN"),
+        (lambda: ffn_view(input_labels=["x"]),
+         r"input_labels must have one label per row of inputs: 1 labels for inputs of shape \(3, 8\)"),
+        (lambda: ffn_view(input_labels=["x"] * 17), "input_labels has 17 tokens; at most 16"),
+        (lambda: ffn_view(slot_labels=["s"]), "slot_labels must have one label per slot: d_ff = 3, got 1"),
+        (lambda: ffn_view(readout={"w": np.ones(5)}),
+         r"readout vectors must have shape \(d_model,\) = \(8,\), got \[\('w', \(5,\)\)\]"),
+        (lambda: ffn_view(readout={"w": np.zeros(8)}), "readout vectors must be nonzero"),
+        (lambda: ffn_view(readout=(["w", "v"], [np.ones(8)])), "one vector per label, got 1 vectors for 2 labels"),
+        (lambda: ffn_view(readout="words"), "readout must be a dict"),
+        (lambda: ffn_view(input_index=-1), "input_index"),
+    ],
+)
+def test_ffn_view_bad_input_names_the_argument(make, match):
     with pytest.raises((ValueError, TypeError), match=match):
         make()

@@ -4,17 +4,21 @@ Each figure's data is computed by attnlib in Python and drawn by JavaScript in t
 interactive on the static website (no kernel) and, in a live notebook, recompute when a Python-side input
 changes. Display one by making it the last expression of a cell.
 
-* ``AttentionExplorer`` -- attention weights as a heatmap; layers, heads, causal vs bidirectional.
+* ``AttentionExplorer`` -- attention weights as a heatmap; layers, heads, causal vs bidirectional, temperature,
+  and the weighted sum each query gets back.
 * ``TileStepper`` -- FlashAttention, tile by tile: m, l, the rescale factor and the accumulator.
 * ``ExamGrader`` -- the online softmax of one row, as a teacher grading exams in batches.
 * ``KVCacheView`` -- decoding step by step: the cache grows, old rows are reused, work with and without it.
 * ``AddNormView`` -- activation scale and gradient norm per layer, residual on/off, post-LN vs pre-LN.
+* ``FeedForwardMemoryView`` -- an FFN as key-value memory: which slots fire for an input, what they add up to.
 """
 
 from .add_norm_view import AddNormView
 from .attention_explorer import ALL_HEADS, AttentionExplorer
 from .exam_grader import ExamGrader
+from .feed_forward_memory_view import FeedForwardMemoryView
 from .kv_cache_view import KVCacheView
 from .tile_stepper import TileStepper
 
-__all__ = ["AttentionExplorer", "ALL_HEADS", "TileStepper", "ExamGrader", "KVCacheView", "AddNormView"]
+__all__ = ["AttentionExplorer", "ALL_HEADS", "TileStepper", "ExamGrader", "KVCacheView", "AddNormView",
+           "FeedForwardMemoryView"]

@@ -11,73 +11,169 @@ from __future__ import annotations
 import numpy as np
 import traitlets
 
+from .. import _checks
 from . import _models, _validate
 from ._base import STATIC, Figure, to_json_array
 
 MAX_TOKENS = 64  # beyond this a label gets fewer than ~8 pixels and the heatmap stops being readable
+MAX_TEMPERATURES = 9  # one button each
+MAX_VALUE_DIM = 32  # one bar per column of the output
 ALL_HEADS = -1  # ``head`` value that shows every head of the layer as small multiples
+NO_QUERY = -1  # ``query`` value when no query row is pinned
 
 
-def _weights(name: str, weights, n_tokens: int) -> np.ndarray:
-    """Weights shaped (n, n), (heads, n, n) or (layers, heads, n, n) -> (layers, heads, n, n), rows summing to
-    1 (or 0 for a fully masked row)."""
+def _labels(tokens, query_labels, key_labels) -> tuple[list[str], list[str], str, str]:
+    """(query labels, key labels) and the names to quote in error messages: one token list for a sentence
+    attending to itself, or separate labels when the queries and keys are different things."""
+    if tokens is not None:
+        if query_labels is not None or key_labels is not None:
+            raise ValueError("give tokens (queries and keys are the same tokens) or query_labels and key_labels, "
+                             "not both")
+        tokens = _validate.tokens("tokens", tokens, max_tokens=MAX_TOKENS)
+        return tokens, tokens, "tokens", "tokens"
+    if query_labels is None or key_labels is None:
+        raise ValueError("give tokens (queries and keys are the same tokens), or both query_labels and key_labels")
+    return (_validate.tokens("query_labels", query_labels, max_tokens=MAX_TOKENS),
+            _validate.tokens("key_labels", key_labels, max_tokens=MAX_TOKENS), "query_labels", "key_labels")
+
+
+def _temperatures(temperatures) -> list[float] | None:
+    if temperatures is None:
+        return None
+    if isinstance(temperatures, str | bytes) or not hasattr(temperatures, "__len__"):
+        raise TypeError(f"temperatures must be a list of positive numbers, got {temperatures!r}")
+    values = [_checks.positive_float("temperatures", value) for value in temperatures]
+    if not 1 <= len(values) <= MAX_TEMPERATURES:
+        raise ValueError(f"temperatures must hold 1 to {MAX_TEMPERATURES} values (one button each), "
+                         f"got {len(values)}")
+    if len(set(values)) != len(values):
+        raise ValueError(f"temperatures must be distinct, got {values}")
+    return values
+
+
+def _to_5d(array: np.ndarray, lead: int) -> np.ndarray:
+    """Insert axes of length 1 after the first ``lead`` axes (1 with a temperature axis, else 0) up to
+    (temperatures, layers, heads, n_q, last)."""
+    return array.reshape(array.shape[:lead] + (1,) * (5 - array.ndim) + array.shape[lead:])
+
+
+def _weights(name: str, weights, n_q: int, n_k: int, names: tuple[str, str],
+             n_temperatures: int | None) -> np.ndarray:
+    """Weights -> (temperatures, layers, heads, n_q, n_k), each row summing to 1 (or 0 for a fully masked row).
+
+    Without temperatures the maps are shaped (n_q, n_k), (heads, n_q, n_k) or (layers, heads, n_q, n_k) and get
+    a temperature axis of length 1; with them, the first axis holds one such map per temperature."""
     weights = _validate.as_numpy(name, weights)
-    if weights.ndim not in (2, 3, 4) or weights.shape[-2:] != (n_tokens, n_tokens):
-        raise ValueError(
-            f"{name} must have shape (n, n), (heads, n, n) or (layers, heads, n, n) with n = {n_tokens} tokens, "
-            f"got {weights.shape}"
-        )
-    weights = weights.reshape((1,) * (4 - weights.ndim) + weights.shape)  # (layers, heads, n, n)
+    lead = 0 if n_temperatures is None else 1  # the temperature axis, when the caller gives one
+    shapes = "(n_q, n_k), (heads, n_q, n_k) or (layers, heads, n_q, n_k)"
+    if lead:
+        shapes = f"(temperatures, ...) with {n_temperatures} temperatures first, then {shapes}"
+    if weights.ndim not in range(2 + lead, 5 + lead) or (lead and weights.shape[0] != n_temperatures):
+        raise ValueError(f"{name} must have shape {shapes}, got {weights.shape}")
+    if weights.shape[-2:] != (n_q, n_k):
+        query_name, key_name = names
+        counts = (f"n = {n_q} tokens" if query_name == key_name
+                  else f"n_q = {n_q} labels in {query_name} and n_k = {n_k} in {key_name}")
+        raise ValueError(f"{name} must have shape (..., n_q, n_k) = (..., {n_q}, {n_k}) for {counts}, "
+                         f"got {weights.shape}")
+    weights = _to_5d(weights, lead)  # (temperatures, layers, heads, n_q, n_k)
     row_sums = weights.sum(axis=-1)
     if (weights < 0).any() or not np.all(np.isclose(row_sums, 1, atol=1e-4) | np.isclose(row_sums, 0)):
         raise ValueError(f"{name} must be attention weights (non-negative, each row summing to 1)")
     return weights
 
 
-class AttentionExplorer(Figure):
-    """Attention weights as a heatmap with tokens on both axes.
+def _outputs(name: str, outputs, weights: np.ndarray, weights_name: str, lead: int) -> np.ndarray:
+    """The weighted sums for every map of ``weights`` (temperatures, layers, heads, n_q, n_k), given with the
+    same leading axes as the weights, d_v in place of n_k -> (temperatures, layers, heads, n_q, d_v)."""
+    outputs = _validate.as_numpy(name, outputs)
+    given = outputs.shape
+    if outputs.ndim not in range(2 + lead, 6):
+        raise ValueError(f"{name} must have shape (..., n_q, d_v), like {weights_name} with d_v in place of n_k, "
+                         f"got {outputs.shape}")
+    outputs = _to_5d(outputs, lead)  # (temperatures, layers, heads, n_q, d_v)
+    if outputs.shape[:-1] != weights.shape[:-1]:
+        raise ValueError(f"{name} must have one row per query row of {weights_name}: shape (..., n_q, d_v) with "
+                         f"(temperatures, layers, heads, n_q) = {weights.shape[:-1]}, got {given}")
+    if outputs.shape[-1] > MAX_VALUE_DIM:
+        raise ValueError(f"{name} has d_v = {outputs.shape[-1]} columns; at most {MAX_VALUE_DIM} can be drawn")
+    return outputs
 
-    ``AttentionExplorer(tokens, weights, causal_weights=None)`` takes plain data: ``weights`` without a mask and
-    ``causal_weights`` with the causal mask, for the same input (give one or both; with both, the figure can
-    flip between them). Each is shaped (n, n), (heads, n, n) or (layers, heads, n, n) for n tokens.
-    ``head=ALL_HEADS`` (-1) shows all heads of the layer as small multiples; ``causal`` picks the map shown first.
-    See ``from_model`` (an attnlib TransformerLM on given token ids) and ``from_sentence`` (a sentence that can
-    be changed later: ``explorer.sentence = "..."`` recomputes in Python).
+
+class AttentionExplorer(Figure):
+    """Attention weights as a heatmap: queries down the side, keys along the top.
+
+    ``AttentionExplorer(tokens, weights, causal_weights=None)`` takes plain data for a sequence attending to
+    itself: ``weights`` without a mask and ``causal_weights`` with the causal mask, for the same input (give one
+    or both; with both, the figure can flip between them). Each is shaped (n, n), (heads, n, n) or
+    (layers, heads, n, n) for n tokens. When the queries and keys are different things (notes looking up books),
+    give ``query_labels`` (n_q) and ``key_labels`` (n_k) instead of ``tokens``, and maps shaped (..., n_q, n_k).
+
+    Optional, for a figure that shows what attention returns: ``outputs`` (and ``causal_outputs``), the
+    weighted sums of the values for every map, shaped like the weights with d_v in place of n_k, with
+    ``value_labels`` naming the d_v columns; and ``temperatures``, when the maps were computed at several
+    temperatures (then the weights and outputs have one leading entry per temperature, and ``temperature``
+    picks the one shown first). ``from_qkv`` computes all of that with attnlib.
+
+    ``head=ALL_HEADS`` (-1) shows all heads of the layer as small multiples; ``causal`` picks the map shown first;
+    ``query`` pins a query row (the reader can click another). See also ``from_model`` (an attnlib
+    TransformerLM on given token ids) and ``from_sentence`` (a sentence that can be changed later:
+    ``explorer.sentence = "..."`` recomputes in Python).
     """
 
     _esm = STATIC / "attention_explorer.js"
     _input_names = ("sentence", "seed")
 
-    tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)
-    weights = traitlets.List().tag(sync=True)  # (layers, heads, n, n) without a mask, or [] if not given
-    causal_weights = traitlets.List().tag(sync=True)  # (layers, heads, n, n) with the causal mask, or []
+    query_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    key_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
+    # The maps at each temperature: (temperatures, layers, heads, n_q, n_k) without a mask, or [] if not given.
+    weights = traitlets.List().tag(sync=True)
+    causal_weights = traitlets.List().tag(sync=True)  # the same with the causal mask, or []
+    outputs = traitlets.List().tag(sync=True)  # (temperatures, layers, heads, n_q, d_v) for weights, or []
+    causal_outputs = traitlets.List().tag(sync=True)  # the same for causal_weights, or []
+    value_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)  # names of the d_v output columns
+    temperatures = traitlets.List(traitlets.Float(), [1.0]).tag(sync=True)  # [1.0]: the maps as given
+    temperature = traitlets.Float(1.0).tag(sync=True)
     layer = traitlets.Int(0).tag(sync=True)
     head = traitlets.Int(0).tag(sync=True)
     causal = traitlets.Bool(False).tag(sync=True)
+    query = traitlets.Int(NO_QUERY).tag(sync=True)  # the pinned query row, or -1
     title = traitlets.Unicode("").tag(sync=True)
     sentence = traitlets.Unicode("").tag(sync=True)  # input, when built by from_sentence
     seed = traitlets.Int(0).tag(sync=True)  # input, when built by from_sentence with a fresh model
 
-    def __init__(self, tokens, weights=None, *, causal_weights=None, layer: int = 0, head: int = 0,
-                 causal: bool | None = None, title: str = "", **kwargs):
+    def __init__(self, tokens=None, weights=None, *, causal_weights=None, query_labels=None, key_labels=None,
+                 outputs=None, causal_outputs=None, value_labels=None, temperatures=None, temperature=None,
+                 layer: int = 0, head: int = 0, causal: bool | None = None, query: int = NO_QUERY, title: str = "",
+                 **kwargs):
         super().__init__(**kwargs)
         self._source = None  # (model, tokenizer, model_options) for from_sentence
-        data = self._data(tokens, weights, causal_weights)
+        data = self._data(tokens, weights, causal_weights, query_labels=query_labels, key_labels=key_labels,
+                          outputs=outputs, causal_outputs=causal_outputs, value_labels=value_labels,
+                          temperatures=temperatures)
         with self.hold_sync():
             for name, value in data.items():
                 setattr(self, name, value)
             # by default the unmasked map, unless only the causal one was given
             self.causal = not data["weights"] if causal is None else bool(causal)
+            if temperature is None:
+                temperature = 1.0 if 1.0 in self.temperatures else self.temperatures[0]
+            self.temperature = temperature
             self.layer = layer
             self.head = head
+            self.query = query
             self.title = str(title)
 
     @staticmethod
-    def _data(tokens, weights, causal_weights) -> dict:
-        tokens = _validate.tokens("tokens", tokens, max_tokens=MAX_TOKENS)
+    def _data(tokens, weights, causal_weights, *, query_labels=None, key_labels=None, outputs=None,
+              causal_outputs=None, value_labels=None, temperatures=None) -> dict:
+        query_labels, key_labels, *names = _labels(tokens, query_labels, key_labels)
+        temperatures = _temperatures(temperatures)
+        n_temperatures = None if temperatures is None else len(temperatures)
         if weights is None and causal_weights is None:
             raise ValueError("give weights (no mask), causal_weights (causal mask), or both")
-        maps = {name: None if value is None else _weights(name, value, len(tokens))
+        maps = {name: None if value is None else _weights(name, value, len(query_labels), len(key_labels),
+                                                           tuple(names), n_temperatures)
                 for name, value in (("weights", weights), ("causal_weights", causal_weights))}
         if maps["weights"] is not None and maps["causal_weights"] is not None:
             if maps["weights"].shape != maps["causal_weights"].shape:
@@ -85,16 +181,46 @@ class AttentionExplorer(Figure):
                     f"weights and causal_weights must have the same shape, got {maps['weights'].shape} "
                     f"and {maps['causal_weights'].shape}"
                 )
-        return {"tokens": tokens, **{name: [] if value is None else to_json_array(value)
-                                     for name, value in maps.items()}}
+        sums = {}
+        for name, value, weights_name in (("outputs", outputs, "weights"),
+                                          ("causal_outputs", causal_outputs, "causal_weights")):
+            if value is None:
+                continue
+            if maps[weights_name] is None:
+                raise ValueError(f"{name} needs {weights_name}: they are the weighted sums for those maps")
+            sums[name] = _outputs(name, value, maps[weights_name], weights_name, lead=int(temperatures is not None))
+        d_values = {array.shape[-1] for array in sums.values()}
+        if len(d_values) > 1:
+            raise ValueError(f"outputs and causal_outputs must have the same d_v, got {sorted(d_values)}")
+        if value_labels is not None:
+            if not sums:
+                raise ValueError("value_labels name the columns of outputs; give outputs too")
+            value_labels = _validate.tokens("value_labels", value_labels, max_tokens=MAX_VALUE_DIM)
+            if len(value_labels) not in d_values:
+                raise ValueError(f"value_labels must have one label per output column (d_v = {d_values.pop()}), "
+                                 f"got {len(value_labels)}")
+        elif sums:
+            value_labels = [f"output[{column}]" for column in range(d_values.pop())]
+        return {"query_labels": query_labels, "key_labels": key_labels,
+                **{name: [] if value is None else to_json_array(value) for name, value in maps.items()},
+                **{name: to_json_array(sums[name]) if name in sums else [] for name in ("outputs", "causal_outputs")},
+                "value_labels": value_labels or [], "temperatures": temperatures or [1.0]}
 
     # --- what the reader can pick -------------------------------------------------------------------------
 
     @property
+    def tokens(self) -> list[str]:
+        """The labels of a sequence attending to itself (queries and keys are the same tokens)."""
+        if self.query_labels != self.key_labels:
+            raise AttributeError("this explorer's queries and keys have different labels: read query_labels "
+                                 "and key_labels")
+        return self.query_labels
+
+    @property
     def shape(self) -> tuple[int, int, int, int]:
-        """(layers, heads, n, n) of the stored maps."""
+        """(layers, heads, n_q, n_k) of the stored maps (at each temperature)."""
         maps = self.weights or self.causal_weights
-        return (len(maps), len(maps[0]), len(self.tokens), len(self.tokens))
+        return (len(maps[0]), len(maps[0][0]), len(self.query_labels), len(self.key_labels))
 
     @traitlets.validate("layer")
     def _check_layer(self, proposal):
@@ -106,17 +232,40 @@ class AttentionExplorer(Figure):
             return ALL_HEADS
         return _validate.index("head", proposal["value"], self.shape[1], what="heads (or -1 for all heads)")
 
+    @traitlets.validate("query")
+    def _check_query(self, proposal):
+        if proposal["value"] == NO_QUERY:
+            return NO_QUERY
+        return _validate.index("query", proposal["value"], len(self.query_labels), what="query rows (or -1 for none)")
+
+    @traitlets.validate("temperature")
+    def _check_temperature(self, proposal):
+        value = _checks.positive_float("temperature", proposal["value"])
+        if value not in self.temperatures:
+            raise ValueError(f"temperature must be one of the temperatures computed, {self.temperatures}, got {value}")
+        return value
+
     @traitlets.validate("causal")
     def _check_causal(self, proposal):
         wanted = "causal_weights" if proposal["value"] else "weights"
-        if self.tokens and not getattr(self, wanted):
+        if self.query_labels and not getattr(self, wanted):
             raise ValueError(f"causal={proposal['value']} needs {wanted}, which this explorer was not given")
         return proposal["value"]
 
-    def shown_weights(self) -> np.ndarray:
-        """The map(s) on screen now: (n, n) for one head, (heads, n, n) for all heads."""
-        maps = np.asarray(self.causal_weights if self.causal else self.weights)[self.layer]  # (heads, n, n)
+    def _shown(self, maps) -> np.ndarray:
+        maps = np.asarray(maps)[self.temperatures.index(self.temperature), self.layer]  # (heads, n_q, ...)
         return maps if self.head == ALL_HEADS else maps[self.head]
+
+    def shown_weights(self) -> np.ndarray:
+        """The map(s) on screen now: (n_q, n_k) for one head, (heads, n_q, n_k) for all heads."""
+        return self._shown(self.causal_weights if self.causal else self.weights)
+
+    def shown_outputs(self) -> np.ndarray:
+        """The weighted sums on screen now: (n_q, d_v) for one head, (heads, n_q, d_v) for all heads."""
+        outputs = self.causal_outputs if self.causal else self.outputs
+        if not outputs:
+            raise ValueError("this explorer was built without outputs")
+        return self._shown(outputs)
 
     # --- constructors from attnlib models -------------------------------------------------------------------
 
@@ -134,6 +283,34 @@ class AttentionExplorer(Figure):
         return cls(tokens, maps[False], causal_weights=maps[True], **options)
 
     @classmethod
+    def from_qkv(cls, q, k, v, *, query_labels, key_labels, value_labels=None, temperatures=(1.0,),
+                 scale=None, **options) -> AttentionExplorer:
+        """Run ``attnlib.numpy.attention`` on q (n_q, d_k) or (heads, n_q, d_k), k (…, n_k, d_k) and
+        v (…, n_k, d_v) once per temperature T, with the scores multiplied by ``scale / T`` (``scale`` defaults
+        to 1/sqrt(d_k)), and keep the weights and the outputs (the weighted sums of the values). The reader
+        picks the temperature and the query row in the figure; ``options`` go to the constructor
+        (``temperature``, ``query``, ``head``, ``title``)."""
+        from ..numpy import attention
+
+        q, k, v = (_validate.as_numpy(name, x) for name, x in (("q", q), ("k", k), ("v", v)))
+        if q.ndim not in (2, 3):
+            raise ValueError(f"q must have shape (n_q, d_k) or (heads, n_q, d_k), got {q.shape}")
+        for name, labels, x in (("query_labels", query_labels, q), ("key_labels", key_labels, k)):
+            labels = _validate.tokens(name, labels, max_tokens=MAX_TOKENS)
+            if len(labels) != x.shape[-2]:
+                what = "query (row of q)" if x is q else "key (row of k)"
+                raise ValueError(f"{name} must have one label per {what}: {len(labels)} labels for "
+                                 f"{'q' if x is q else 'k'} of shape {x.shape}")
+        temperatures = _temperatures(temperatures)
+        scale = _checks.scale(scale)
+        base = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+        results = [attention(q, k, v, scale=base / temperature) for temperature in temperatures]
+        outputs = np.stack([output for output, _ in results])  # (temperatures, [heads,] n_q, d_v)
+        weights = np.stack([weights for _, weights in results])  # (temperatures, [heads,] n_q, n_k)
+        return cls(weights=weights, outputs=outputs, query_labels=query_labels, key_labels=key_labels,
+                   value_labels=value_labels, temperatures=temperatures, **options)
+
+    @classmethod
     def from_sentence(cls, sentence: str, *, model=None, tokenizer=None, seed: int = 0, d_model: int = 32,
                       n_heads: int = 4, n_layers: int = 2, **options) -> AttentionExplorer:
         """A sentence through a model; ``explorer.sentence = ...`` (and ``.seed``) recompute later.
@@ -146,14 +323,15 @@ class AttentionExplorer(Figure):
         if (model is None) != (tokenizer is None):
             raise ValueError("give both model and tokenizer, or neither (for a fresh model built from seed)")
         source = (model, tokenizer, {"d_model": d_model, "n_heads": n_heads, "n_layers": n_layers})
-        data = cls._compute_sentence(source, sentence, seed)
-        explorer = cls(data["tokens"], data["weights"], causal_weights=data["causal_weights"], **options)
+        tokens, maps = cls._sentence_maps(source, sentence, seed)
+        explorer = cls(tokens, maps[False], causal_weights=maps[True], **options)
         explorer.sentence, explorer.seed = sentence, seed  # no source yet, so this does not recompute
         explorer._source = source
         return explorer
 
-    @classmethod
-    def _compute_sentence(cls, source, sentence, seed) -> dict:
+    @staticmethod
+    def _sentence_maps(source, sentence, seed) -> tuple[list[str], dict[bool, np.ndarray]]:
+        """The sentence's tokens and its attention maps, with (True) and without (False) the causal mask."""
         model, tokenizer, options = source
         sentence, seed = _validate.sentence(sentence), _validate.seed(seed)
         if tokenizer is not None:
@@ -167,10 +345,10 @@ class AttentionExplorer(Figure):
             tokens = _models.split_words(sentence)
             ids = _models.hashed_ids(tokens, vocab_size)
         tokens = _validate.tokens("sentence", tokens, max_tokens=MAX_TOKENS)
-        maps = _models.attention_maps(model, np.asarray(ids))
-        return cls._data(tokens, maps[False], maps[True])
+        return tokens, _models.attention_maps(model, np.asarray(ids))
 
     def _recompute(self):
         if self._source is None:
             return None
-        return self._compute_sentence(self._source, self.sentence, self.seed)
+        tokens, maps = self._sentence_maps(self._source, self.sentence, self.seed)
+        return {**self._data(tokens, maps[False], maps[True]), "query": NO_QUERY}  # old row numbers mean nothing

@@ -10,6 +10,7 @@ const VIRIDIS = [
   "#1fa088", "#28ae80", "#3fbc73", "#5ec962", "#84d44b", "#addc30", "#d8e219", "#fde725",
 ];
 const ALL_HEADS = -1;
+const NO_QUERY = -1;
 
 function hexToRgb(hex) {
   const n = parseInt(hex.slice(1), 16);
@@ -62,53 +63,93 @@ function share(model, name, value) {
 }
 
 // One heatmap: rows are queries, columns are keys. Returns the <svg>.
-function heatmap(matrix, tokens, { cell, labels, vmax }) {
-  const n = tokens.length;
+function heatmap(matrix, queryLabels, keyLabels, { cell, labels, vmax }) {
+  const nQ = queryLabels.length;
+  const nK = keyLabels.length;
   const fontSize = Math.max(8, Math.min(13, cell * 0.8));
-  const longest = Math.max(...tokens.map((t) => t.length));
-  const margin = labels ? Math.ceil(longest * fontSize * 0.62) + 8 : 2;
-  const size = margin + n * cell;
+  const labelWidth = (texts) => Math.ceil(Math.max(...texts.map((t) => t.length)) * fontSize * 0.62) + 8;
+  const left = labels ? labelWidth(queryLabels) : 2;
+  const top = labels ? labelWidth(keyLabels) : 2;
+  const width = left + nK * cell;
+  const height = top + nQ * cell;
   const root = svg("svg", {
-    width: size + 2, height: size + 2, viewBox: `0 0 ${size + 2} ${size + 2}`,
+    width: width + 2, height: height + 2, viewBox: `0 0 ${width + 2} ${height + 2}`,
     class: "attnlib-heatmap", role: "img", "aria-label": "attention weights heatmap",
   });
   if (labels) {
-    // Which axis is which: each row is a query (a token looking), each column a key (a token looked at).
-    svg("title", {}, root).textContent = "rows: queries (the token looking); columns: keys (the token looked at)";
-    if (margin >= 56) {
+    // Which axis is which: each row is a query (what is looking), each column a key (what is looked at).
+    svg("title", {}, root).textContent = "rows: queries (what is looking); columns: keys (what is looked at)";
+    if (left >= 56 && top >= 30) {
       for (const [text, dy] of [["keys →", -20], ["queries ↓", -6]]) {
-        svg("text", { x: margin - 6, y: margin + dy, "text-anchor": "end", "font-size": 11,
+        svg("text", { x: left - 6, y: top + dy, "text-anchor": "end", "font-size": 11,
           class: "attnlib-axis-title" }, root).textContent = text;
       }
     }
-    for (let i = 0; i < n; i++) {
-      const y = margin + (i + 0.5) * cell;
-      const row = svg("text", { x: margin - 4, y, "text-anchor": "end", "dominant-baseline": "middle",
-        "font-size": fontSize, class: "attnlib-label", "data-row": i }, root);
-      row.textContent = tokens[i];
-      const x = margin + (i + 0.5) * cell;
-      const column = svg("text", { x: 0, y: 0, "text-anchor": "start", "dominant-baseline": "middle",
-        "font-size": fontSize, class: "attnlib-label", "data-column": i,
-        transform: `translate(${x},${margin - 4}) rotate(-90)` }, root);
-      column.textContent = tokens[i];
-    }
+    queryLabels.forEach((label, i) => {
+      svg("text", { x: left - 4, y: top + (i + 0.5) * cell, "text-anchor": "end", "dominant-baseline": "middle",
+        "font-size": fontSize, class: "attnlib-label", "data-row": i }, root).textContent = label;
+    });
+    keyLabels.forEach((label, j) => {
+      svg("text", { x: 0, y: 0, "text-anchor": "start", "dominant-baseline": "middle",
+        "font-size": fontSize, class: "attnlib-label", "data-column": j,
+        transform: `translate(${left + (j + 0.5) * cell},${top - 4}) rotate(-90)` }, root).textContent = label;
+    });
   }
   const cells = svg("g", { class: "attnlib-cells" }, root);
-  for (let i = 0; i < n; i++) {
-    for (let j = 0; j < n; j++) {
-      svg("rect", { x: margin + j * cell, y: margin + i * cell, width: cell, height: cell,
-        fill: viridis(matrix[i][j] / vmax), "data-i": i, "data-j": j }, cells);
+  const numbers = labels && cell >= 30; // room to print each weight inside its cell
+  for (let i = 0; i < nQ; i++) {
+    for (let j = 0; j < nK; j++) {
+      const t = matrix[i][j] / vmax;
+      svg("rect", { x: left + j * cell, y: top + i * cell, width: cell, height: cell,
+        fill: viridis(t), "data-i": i, "data-j": j }, cells);
+      if (numbers) {
+        svg("text", { x: left + (j + 0.5) * cell, y: top + (i + 0.5) * cell, "text-anchor": "middle",
+          "dominant-baseline": "middle", "font-size": 10, fill: textColourOn(t), class: "attnlib-cell-value" },
+        cells).textContent = matrix[i][j].toFixed(2);
+      }
     }
   }
-  svg("rect", { x: margin, y: margin, width: n * cell, height: n * cell, class: "attnlib-frame" }, root);
-  const highlight = svg("rect", { x: margin, y: margin, width: n * cell, height: cell,
+  svg("rect", { x: left, y: top, width: nK * cell, height: nQ * cell, class: "attnlib-frame" }, root);
+  const highlight = svg("rect", { x: left, y: top, width: nK * cell, height: cell,
     class: "attnlib-row-highlight", visibility: "hidden" }, root);
-  root.dataset.margin = margin;
-  root.dataset.side = n * cell;
+  root.dataset.top = top;
+  root.dataset.height = nQ * cell;
   root.showRow = (i) => {
     highlight.setAttribute("visibility", i === null ? "hidden" : "visible");
-    if (i !== null) highlight.setAttribute("y", margin + i * cell);
+    if (i !== null) highlight.setAttribute("y", top + i * cell);
   };
+  return root;
+}
+
+// What one query gets back: its weighted sum of the values, one bar per output column. `limit` is the
+// largest |value| over every temperature, so the bars keep their scale while the reader changes it.
+function outputBars(output, valueLabels, limit, queryLabel) {
+  const labelWidth = Math.ceil(Math.max(...valueLabels.map((t) => t.length)) * 7) + 8;
+  const barWidth = 160;
+  const row = 20;
+  const top = 22;
+  const negative = output.some((x) => x < 0) || limit.negative;
+  const zero = labelWidth + (negative ? barWidth / 2 : 0);
+  const scale = (negative ? barWidth / 2 : barWidth) / (limit.size || 1);
+  const heading = `output for “${queryLabel}” = Σ weight × value`;
+  const root = svg("svg", { width: Math.max(labelWidth + barWidth + 60, heading.length * 7.2),
+    height: top + valueLabels.length * row + 4,
+    class: "attnlib-output", role: "img", "aria-label": `output for ${queryLabel}` });
+  root.dataset.role = "output";
+  svg("text", { x: 0, y: 13, "font-size": 12, "font-weight": 600, class: "attnlib-label" }, root)
+    .textContent = heading;
+  output.forEach((x, c) => {
+    const y = top + c * row;
+    svg("text", { x: labelWidth - 6, y: y + row / 2, "text-anchor": "end", "dominant-baseline": "middle",
+      "font-size": 12, class: "attnlib-label" }, root).textContent = valueLabels[c];
+    const length = Math.abs(x) * scale;
+    const bar = svg("rect", { x: x < 0 ? zero - length : zero, y: y + 3, width: Math.max(length, 0.5),
+      height: row - 6, fill: "#21918c", "data-column": c }, root);
+    svg("title", {}, bar).textContent = `${valueLabels[c]}: ${formatWeight(x)}`;
+    svg("text", { x: zero + (x < 0 ? 4 : length + 4), y: y + row / 2, "dominant-baseline": "middle",
+      "font-size": 11, class: "attnlib-label attnlib-output-value" }, root).textContent = formatWeight(x);
+  });
+  svg("line", { x1: zero, x2: zero, y1: top, y2: top + valueLabels.length * row, class: "attnlib-tick" }, root);
   return root;
 }
 
@@ -143,21 +184,43 @@ function render({ model, el }) {
       html("div", "attnlib-error", root, error).setAttribute("role", "alert");
       return;
     }
-    const tokens = model.get("tokens");
+    const queryLabels = model.get("query_labels");
+    const keyLabels = model.get("key_labels");
+    const valueLabels = model.get("value_labels");
     const causal = model.get("causal");
     const bidirectionalMaps = model.get("weights");
     const causalMaps = model.get("causal_weights");
-    const maps = causal ? causalMaps : bidirectionalMaps;
+    const temperatures = model.get("temperatures");
+    const temperature = model.get("temperature");
+    const t = Math.max(0, temperatures.indexOf(temperature));
+    const allMaps = causal ? causalMaps : bidirectionalMaps; // (temperatures, layers, heads, n_q, n_k)
+    const allOutputs = model.get(causal ? "causal_outputs" : "outputs"); // (temperatures, ..., n_q, d_v) or []
+    const maps = allMaps[t];
     const layer = model.get("layer");
     const head = model.get("head");
     const heads = maps[layer];
-    const n = tokens.length;
+    const pinned = model.get("query");
+    const n = Math.max(queryLabels.length, keyLabels.length);
 
     const title = model.get("title");
     if (title) html("div", "attnlib-title", root, title);
 
-    // Controls: layer, head (or all heads), causal or bidirectional.
+    // Controls: temperature, layer, head (or all heads), causal or bidirectional, the query row.
     const controls = html("div", "attnlib-controls", root);
+    if (temperatures.length > 1) {
+      const wrapper = html("span", "", controls, "temperature ");
+      const group = html("span", "attnlib-toggle", wrapper);
+      group.setAttribute("role", "group");
+      group.setAttribute("aria-label", "temperature");
+      temperatures.forEach((value) => {
+        const button = html("button", "", group, `T = ${value}`);
+        button.type = "button";
+        button.dataset.role = "temperature";
+        button.dataset.value = value;
+        button.setAttribute("aria-pressed", String(value === temperature));
+        button.addEventListener("click", () => share(model, "temperature", value));
+      });
+    }
     if (maps.length > 1) {
       const label = html("label", "", controls, "layer ");
       const select = html("select", "", label);
@@ -187,11 +250,26 @@ function render({ model, el }) {
         button.addEventListener("click", () => share(model, "causal", value));
       }
     }
+    if (allOutputs.length) {
+      const label = html("label", "", controls, "query ");
+      const select = html("select", "", label);
+      select.dataset.role = "query";
+      html("option", "", select, "(hover a row)").value = NO_QUERY;
+      queryLabels.forEach((text, i) => { html("option", "", select, text).value = i; });
+      select.value = pinned;
+      select.addEventListener("change", () => share(model, "query", Number(select.value)));
+    }
 
-    // One shared colour scale for everything on screen, so heads can be compared by colour.
+    // One shared colour scale for everything on screen, so heads can be compared by colour; and the same at
+    // every temperature, so a flatter map looks flatter.
     const shown = head === ALL_HEADS ? heads : [heads[head]];
     let vmax = 0;
-    for (const matrix of shown) for (const row of matrix) for (const w of row) vmax = Math.max(vmax, w);
+    for (const atTemperature of allMaps) {
+      const layerMaps = atTemperature[layer];
+      for (const matrix of head === ALL_HEADS ? layerMaps : [layerMaps[head]]) {
+        for (const row of matrix) for (const w of row) vmax = Math.max(vmax, w);
+      }
+    }
     vmax = vmax > 0 ? vmax : 1;
 
     const body = html("div", "attnlib-body", root);
@@ -199,8 +277,10 @@ function render({ model, el }) {
     const tooltip = html("div", "attnlib-tooltip", root);
     tooltip.hidden = true;
     const readout = html("div", "attnlib-readout", root);
-    const idle = "Hover a row of the heatmap to see where that token looks.";
-    readout.textContent = idle;
+    const idle = allOutputs.length
+      ? "Hover a row of the heatmap, or click one to keep it, to see its weights and what it gets back."
+      : "Hover a row of the heatmap to see where it looks; click a row to keep it.";
+    const outputHolder = html("div", "attnlib-output-holder", body);
 
     const drawn = [];
     shown.forEach((matrix, k) => {
@@ -215,7 +295,8 @@ function render({ model, el }) {
       const cell = head === ALL_HEADS
         ? Math.max(3, Math.min(16, Math.floor(220 / n)))
         : Math.max(8, Math.min(32, Math.floor(440 / n)));
-      const picture = heatmap(matrix, tokens, { cell, labels: head !== ALL_HEADS || n <= 12, vmax });
+      const picture = heatmap(matrix, queryLabels, keyLabels,
+        { cell, labels: head !== ALL_HEADS || n <= 12, vmax });
       picture.dataset.role = "heatmap";
       picture.dataset.head = headIndex;
       holder.appendChild(picture);
@@ -223,21 +304,47 @@ function render({ model, el }) {
     });
     const first = drawn[0].picture;
     const captionHeight = head === ALL_HEADS ? 24 : 0; // the "head k" buttons above the small multiples
-    body.appendChild(colorbar(vmax, Math.max(60, Number(first.dataset.side)),
-      Number(first.dataset.margin) + captionHeight));
+    gallery.after(colorbar(vmax, Math.max(60, Number(first.dataset.height)),
+      Number(first.dataset.top) + captionHeight));
 
-    function showRow(matrix, i) {
+    // The largest |output| over every temperature, for bars that keep their scale.
+    const limit = { size: 0, negative: false };
+    if (allOutputs.length) {
+      for (const atTemperature of allOutputs) {
+        for (const rows of atTemperature[layer]) {
+          for (const row of rows) {
+            for (const x of row) { limit.size = Math.max(limit.size, Math.abs(x)); limit.negative ||= x < 0; }
+          }
+        }
+      }
+    }
+
+    // Spell out row i of one head: its weight on every key and, with outputs, the weighted sum it gets back.
+    function showRow(matrix, headIndex, i) {
+      for (const other of drawn) other.picture.showRow(i === NO_QUERY ? null : i);
       readout.replaceChildren();
-      html("span", "attnlib-readout-lead", readout, `“${tokens[i]}” (query ${i}) looks at: `);
-      tokens.forEach((token, j) => {
+      outputHolder.replaceChildren();
+      if (i === NO_QUERY) {
+        readout.textContent = idle;
+        return;
+      }
+      html("span", "attnlib-readout-lead", readout, `“${queryLabels[i]}” (query ${i}) looks at: `);
+      keyLabels.forEach((label, j) => {
         const w = matrix[i][j];
         const chip = html("span", "attnlib-chip", readout);
         chip.style.background = viridis(w / vmax);
         chip.style.color = textColourOn(w / vmax);
-        html("span", "attnlib-chip-token", chip, token);
+        html("span", "attnlib-chip-token", chip, label);
         html("span", "attnlib-chip-weight", chip, formatWeight(w));
       });
+      if (allOutputs.length) {
+        outputHolder.appendChild(outputBars(allOutputs[t][layer][headIndex][i], valueLabels, limit, queryLabels[i]));
+      }
     }
+
+    const pinnedHead = drawn[0];
+    const rest = () => showRow(pinnedHead.matrix, pinnedHead.headIndex, pinned);
+    rest();
 
     for (const { picture, matrix, headIndex } of drawn) {
       picture.addEventListener("mousemove", (event) => {
@@ -245,24 +352,30 @@ function render({ model, el }) {
         if (!target.dataset || target.dataset.i === undefined) return;
         const i = Number(target.dataset.i);
         const j = Number(target.dataset.j);
-        for (const other of drawn) other.picture.showRow(i);
-        showRow(matrix, i);
+        showRow(matrix, headIndex, i);
         const headText = heads.length > 1 ? `head ${headIndex}, ` : "";
-        tooltip.textContent = `${headText}query “${tokens[i]}” → key “${tokens[j]}”: ${formatWeight(matrix[i][j])}`;
+        tooltip.textContent = `${headText}query “${queryLabels[i]}” → key “${keyLabels[j]}”: ` +
+          formatWeight(matrix[i][j]);
         tooltip.hidden = false;
         const box = root.getBoundingClientRect();
         tooltip.style.left = `${event.clientX - box.left + 12}px`;
         tooltip.style.top = `${event.clientY - box.top + 12}px`;
       });
+      picture.addEventListener("click", (event) => {
+        const target = event.target;
+        if (!target.dataset || target.dataset.i === undefined) return;
+        const i = Number(target.dataset.i);
+        share(model, "query", i === pinned ? NO_QUERY : i); // a second click on the kept row lets it go
+      });
       picture.addEventListener("mouseleave", () => {
-        for (const other of drawn) other.picture.showRow(null);
         tooltip.hidden = true;
-        readout.textContent = idle;
+        rest();
       });
     }
   }
 
-  const names = ["error", "tokens", "weights", "causal_weights", "layer", "head", "causal", "title"];
+  const names = ["error", "query_labels", "key_labels", "weights", "causal_weights", "outputs", "causal_outputs",
+    "value_labels", "temperatures", "temperature", "layer", "head", "causal", "query", "title"];
   for (const name of names) model.on(`change:${name}`, draw);
   draw();
   return () => {
