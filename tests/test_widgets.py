@@ -6,6 +6,10 @@ Drawing is tested in a real browser by test_site_browser.py; here only the Pytho
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
+
 import numpy as np
 import pytest
 import torch
@@ -21,8 +25,9 @@ from attnlib.widgets import (
     FeedForwardMemoryView,
     KVCacheView,
     TileStepper,
+    _base,
 )
-from attnlib.widgets._base import STATIC
+from attnlib.widgets._base import STATIC, esm
 from attnlib.widgets.add_norm_view import WIRINGS
 from attnlib.widgets.kv_cache_view import expected_work
 
@@ -40,6 +45,48 @@ def test_figures_do_not_shadow_ipywidgets_traits(figure):
     assert {"_model_module", "_view_name"} <= set(figure.class_trait_names(sync=True))
     for name in ours:
         assert not hasattr(anywidget.AnyWidget, name), f"{figure.__name__}.{name} shadows an ipywidgets attribute"
+
+
+WIDGET_SOURCES = sorted(path.name for path in STATIC.glob("*.js") if not path.name.startswith("_"))
+
+
+def test_every_figure_uses_its_own_module_with_the_shared_helpers_inlined():
+    """Each figure's _esm is its static/<name>.js with the import of _shared.js replaced by the shared source."""
+    assert {figure._esm for figure in FIGURES} == {esm(name) for name in WIDGET_SOURCES}
+    shared_names = set(re.findall(r"^export (?:function|const) (\w+)", (STATIC / "_shared.js").read_text(), re.M))
+    for name in WIDGET_SOURCES:
+        source = (STATIC / name).read_text()
+        (imported,) = re.findall(r'^import \{([^}]*)\} from "\./_shared\.js";$', source, re.M)
+        imported = {word.strip() for word in imported.split(",")}
+        assert imported <= shared_names, name
+        module = esm(name)
+        assert not re.search(r"^import ", module, re.M), f"{name}: every import is resolved in Python"
+        assert module.count("function svg(") == 1 and re.search(r"^function render\(", module, re.M), name
+        # Helpers are written once, in _shared.js, not again in a widget's own file.
+        assert not re.search(r"^(function|const) (svg|html|share|viridis|button|toggle|table|stepper|mount)\b",
+                             source, re.M), name
+
+
+def test_esm_refuses_an_import_the_shared_file_does_not_export(tmp_path, monkeypatch):
+    (tmp_path / "_shared.js").write_text("export function html() {}\n")
+    (tmp_path / "figure.js").write_text('import { html, nothing } from "./_shared.js";\nexport default {};\n')
+    monkeypatch.setattr(_base, "STATIC", tmp_path)
+    monkeypatch.setattr(_base, "SHARED", tmp_path / "_shared.js")
+    with pytest.raises(ImportError, match=r"static/figure.js imports \['nothing'\] from _shared.js"):
+        esm("figure.js")
+    (tmp_path / "figure.js").write_text('import { html } from "./_shared.js";\nconst svg = 1;\nexport default {};\n')
+    module = esm("figure.js")
+    assert module.startswith("const { html } = (() => {") and "return { html };" in module
+    assert "const svg = 1;" in module  # the widget's own names live beside the shared ones, not among them
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed (the browser tests still run them)")
+@pytest.mark.parametrize("name", WIDGET_SOURCES)
+def test_each_assembled_module_is_valid_javascript(name, tmp_path):
+    path = tmp_path / "module.mjs"  # .mjs: checked as an ES module
+    path.write_text(esm(name))
+    result = subprocess.run(["node", "--check", str(path)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
 
 
 def small_lm(causal=True, seed=0):
@@ -103,7 +150,7 @@ def test_explorer_state_is_plain_json():
     explorer = AttentionExplorer.from_sentence("one two three", seed=1)
     state = explorer.get_state()
     json.dumps(state)  # the notebook stores it, the static page draws from it
-    assert state["_esm"] == (STATIC / "attention_explorer.js").read_text()
+    assert state["_esm"] == esm("attention_explorer.js")
     assert state["query_labels"] == state["key_labels"] == ["one", "two", "three"]
 
 

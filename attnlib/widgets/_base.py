@@ -4,10 +4,15 @@ A figure's synced traits hold plain numbers and strings, so the widget state sav
 there into the static site) is everything the browser needs: hovering, stepping and toggling work with no
 kernel. Traits marked as *inputs* (a sentence, a seed, a block size...) are different: changing one in a live
 kernel recomputes the data in Python, and the front end redraws from the new state.
+
+The JavaScript lives in ``static/``: one file per figure, plus ``_shared.js`` with the helpers they all use
+(nodes, colours, buttons, step controls, redrawing on change). ``esm`` joins the two into the one module
+anywidget sends to the browser.
 """
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import anywidget
@@ -15,6 +20,11 @@ import numpy as np
 import traitlets
 
 STATIC = Path(__file__).parent / "static"
+SHARED = STATIC / "_shared.js"
+
+# A widget's one line that asks for shared helpers, e.g. `import { html, svg } from "./_shared.js";`
+_SHARED_IMPORT = re.compile(r'^import \{([^}]*)\} from "\./_shared\.js";$', re.MULTILINE)
+_EXPORT = re.compile(r"^export (function|const|let|class) (\w+)", re.MULTILINE)
 
 # Six decimals keep a page small (a 64-token heatmap would otherwise cost ~20 characters per weight) while
 # every value stays within 5e-7 of what attnlib computed.
@@ -34,6 +44,31 @@ def to_json_array(array, decimals: int = DECIMALS) -> list:
     if np.isneginf(array).any():
         return np.where(np.isneginf(array), None, rounded).tolist()
     return rounded.tolist()
+
+
+def esm(name: str) -> str:
+    """The JavaScript of widget ``static/<name>`` as one standalone ES module, for its ``_esm``.
+
+    anywidget hands each widget's module to the browser on its own, as a string, so an
+    ``import ... from "./_shared.js"`` has nothing to load from. Instead, the widget's import line is replaced
+    here by the source of ``static/_shared.js`` wrapped in a function, which returns the exported names the widget
+    asked for: the helpers are written once, every figure gets its own copy, and a widget sees only what it
+    imports (its own names never clash with the shared file's).
+    """
+    source = (STATIC / name).read_text()
+    found = _SHARED_IMPORT.search(source)
+    if found is None:
+        return source
+    shared = SHARED.read_text()
+    exported = [match.group(2) for match in _EXPORT.finditer(shared)]
+    wanted = [word.strip() for word in found.group(1).split(",") if word.strip()]
+    unknown = [word for word in wanted if word not in exported]
+    if unknown:
+        raise ImportError(f"static/{name} imports {unknown} from _shared.js, which exports only {exported}")
+    body = _EXPORT.sub(r"\1 \2", shared)  # plain declarations inside the function
+    inlined = (f"const {{ {', '.join(wanted)} }} = (() => {{  // static/_shared.js, inlined by _base.esm\n"
+               f"{body}\nreturn {{ {', '.join(exported)} }};\n}})();")
+    return source[:found.start()] + inlined + source[found.end():]
 
 
 class Figure(anywidget.AnyWidget):

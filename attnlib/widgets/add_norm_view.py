@@ -16,7 +16,7 @@ import traitlets
 
 from .. import _checks
 from . import _models, _validate
-from ._base import STATIC, Figure
+from ._base import Figure, esm
 
 MAX_LAYERS = 64  # points per curve; beyond this the depth axis gets too crowded to read
 WIRINGS = [(residual, norm_first) for residual in (True, False) for norm_first in (False, True)]
@@ -92,7 +92,7 @@ class AddNormView(Figure):
     pick the wiring shown first (the reader flips them in the figure).
     """
 
-    _esm = STATIC / "add_norm_view.js"
+    _esm = esm("add_norm_view.js")
     _input_names = ("n_layers", "seed")
 
     profiles = traitlets.List().tag(sync=True)  # four dicts: residual, norm_first, activation_scale, gradient_norm

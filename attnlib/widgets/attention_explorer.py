@@ -13,7 +13,7 @@ import traitlets
 
 from .. import _checks
 from . import _models, _validate
-from ._base import STATIC, Figure, to_json_array
+from ._base import Figure, esm, to_json_array
 
 MAX_TOKENS = 64  # beyond this a label gets fewer than ~8 pixels and the heatmap stops being readable
 MAX_TEMPERATURES = 9  # one button each
@@ -121,7 +121,7 @@ class AttentionExplorer(Figure):
     ``explorer.sentence = "..."`` recomputes in Python).
     """
 
-    _esm = STATIC / "attention_explorer.js"
+    _esm = esm("attention_explorer.js")
     _input_names = ("sentence", "seed")
 
     query_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)

@@ -15,7 +15,7 @@ import traitlets
 from .. import _checks
 from ..numpy import SoftmaxState, online_softmax_steps, rescale_factor, softmax
 from . import _validate
-from ._base import STATIC, Figure, to_json_array
+from ._base import Figure, esm, to_json_array
 
 MAX_MARKS = 60  # one bar per paper; more than this and the bars and their labels stop being readable
 
@@ -29,7 +29,7 @@ class ExamGrader(Figure):
     recomputes in Python.
     """
 
-    _esm = STATIC / "exam_grader.js"
+    _esm = esm("exam_grader.js")
     _input_names = ("batch_size", "temperature", "seed")
 
     marks = traitlets.List(traitlets.Float()).tag(sync=True)

@@ -16,7 +16,7 @@ import traitlets
 from ..numpy import FeedForward
 from ..numpy.feedforward import ACTIVATION_FUNCTIONS
 from . import _models, _validate
-from ._base import STATIC, Figure, to_json_array
+from ._base import Figure, esm, to_json_array
 
 MAX_SLOTS = 32  # one row per memory slot (hidden unit)
 MAX_INPUTS = 16  # one button per input
@@ -101,7 +101,7 @@ class FeedForwardMemoryView(Figure):
     what is shown first.
     """
 
-    _esm = STATIC / "feed_forward_memory_view.js"
+    _esm = esm("feed_forward_memory_view.js")
 
     input_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)
     slot_labels = traitlets.List(traitlets.Unicode()).tag(sync=True)

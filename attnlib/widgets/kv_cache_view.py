@@ -16,7 +16,7 @@ import traitlets
 
 from .. import _checks
 from . import _models, _validate
-from ._base import STATIC, Figure, to_json_array
+from ._base import Figure, esm, to_json_array
 
 MAX_TOKENS = 32  # cache rows drawn; beyond this the rows and token labels become too thin to read
 MAX_DIM = 32  # columns of the key and value matrices drawn
@@ -102,7 +102,7 @@ class KVCacheView(Figure):
     ``TransformerLM``; its ``n_new``, ``layer`` and ``head`` recompute when changed.
     """
 
-    _esm = STATIC / "kv_cache_view.js"
+    _esm = esm("kv_cache_view.js")
     _input_names = ("n_new", "layer", "head")
 
     tokens = traitlets.List(traitlets.Unicode()).tag(sync=True)

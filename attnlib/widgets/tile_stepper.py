@@ -15,7 +15,7 @@ from .. import _checks
 from ..numpy import attention
 from ..numpy.flash_attention import FlashTrace, flash_attention
 from . import _validate
-from ._base import STATIC, Figure, to_json_array
+from ._base import Figure, esm, to_json_array
 
 MAX_TOKENS = 32  # query or key positions: beyond this the score grid's cells get too small to read
 MAX_DIM = 16  # columns of the accumulator table
@@ -46,7 +46,7 @@ class TileStepper(Figure):
     ``block_q``, ``block_k`` and ``causal`` (and ``seed`` for ``random``) recompute when changed.
     """
 
-    _esm = STATIC / "tile_stepper.js"
+    _esm = esm("tile_stepper.js")
     _input_names = ("block_q", "block_k", "causal", "seed")
 
     n_q = traitlets.Int(0).tag(sync=True)

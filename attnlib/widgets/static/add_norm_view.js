@@ -2,32 +2,9 @@
 // size of the activations and of the gradient flowing back to them, measured by attnlib in Python, drawn on
 // log scales. The wiring shown is drawn boldly; the other three stay in grey for comparison.
 
-const SVG_NS = "http://www.w3.org/2000/svg";
+import { html, mount, share, svg, toggle } from "./_shared.js";
+
 const COLOURS = { activation_scale: "#3b528b", gradient_norm: "#21918c" };
-
-function svg(tag, attributes = {}, parent = null) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-function html(tag, className = "", parent = null, text = null) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== null) node.textContent = text;
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-function share(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes();
-  } catch (error) {
-    if (!String(error).includes("no comm")) throw error;
-  }
-}
 
 const wiringName = (p) => `residual ${p.residual ? "on" : "off"}, ${p.norm_first ? "pre-LN" : "post-LN"}`;
 
@@ -90,37 +67,13 @@ function verdict(ratio) {
   return "The gradient grows on its way back: the first layers receive the strongest signal.";
 }
 
-function toggle(parent, label, options, current, onPick) {
-  const wrapper = html("span", "", parent, `${label} `);
-  const group = html("span", "attnlib-toggle", wrapper);
-  group.setAttribute("role", "group");
-  group.setAttribute("aria-label", label);
-  for (const [value, text, role] of options) {
-    const node = html("button", "", group, text);
-    node.type = "button";
-    node.dataset.role = role;
-    node.setAttribute("aria-pressed", String(current === value));
-    node.addEventListener("click", () => onPick(value));
-  }
-}
-
 function render({ model, el }) {
-  const root = html("div", "attnlib-figure attnlib-addnorm", el);
-
-  function draw() {
-    root.replaceChildren();
-    const error = model.get("error");
-    if (error) {
-      html("div", "attnlib-error", root, error).setAttribute("role", "alert");
-      return;
-    }
+  function draw(root) {
     const profiles = model.get("profiles");
     const residual = model.get("residual");
     const normFirst = model.get("norm_first");
     const shown = profiles.find((p) => p.residual === residual && p.norm_first === normFirst);
     const others = profiles.filter((p) => p !== shown);
-    const title = model.get("title");
-    if (title) html("div", "attnlib-title", root, title);
 
     const controls = html("div", "attnlib-controls", root);
     toggle(controls, "residual", [[true, "on", "residual-on"], [false, "off", "residual-off"]], residual,
@@ -143,12 +96,7 @@ function render({ model, el }) {
       verdict(ratio);
   }
 
-  const names = ["error", "profiles", "residual", "norm_first", "title"];
-  for (const name of names) model.on(`change:${name}`, draw);
-  draw();
-  return () => {
-    for (const name of names) model.off(`change:${name}`, draw);
-  };
+  return mount({ model, el }, "attnlib-addnorm", ["profiles", "residual", "norm_first"], draw);
 }
 
 export default { render };

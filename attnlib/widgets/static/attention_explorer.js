@@ -2,64 +2,13 @@
 // Every map the reader can pick (layer, head, causal or not) is already in the widget state, computed by
 // attnlib in Python, so this file only draws and reacts: it works the same with or without a kernel.
 
-const SVG_NS = "http://www.w3.org/2000/svg";
-// viridis sampled at 17 evenly spaced points: perceptually uniform and readable in grey and by most
-// colour-blind readers; values in between are interpolated linearly.
-const VIRIDIS = [
-  "#440154", "#48186a", "#472d7b", "#424086", "#3b528b", "#33638d", "#2c728e", "#26828e", "#21918c",
-  "#1fa088", "#28ae80", "#3fbc73", "#5ec962", "#84d44b", "#addc30", "#d8e219", "#fde725",
-];
+import { html, mount, share, svg, textColourOn, toggle, VIRIDIS, viridis } from "./_shared.js";
+
 const ALL_HEADS = -1;
 const NO_QUERY = -1;
 
-function hexToRgb(hex) {
-  const n = parseInt(hex.slice(1), 16);
-  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
-}
-
-function viridis(t) {
-  const x = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0)) * (VIRIDIS.length - 1);
-  const low = Math.floor(x);
-  const high = Math.min(low + 1, VIRIDIS.length - 1);
-  const a = hexToRgb(VIRIDIS[low]);
-  const b = hexToRgb(VIRIDIS[high]);
-  const f = x - low;
-  return `rgb(${a.map((v, i) => Math.round(v + (b[i] - v) * f)).join(",")})`;
-}
-
-// Dark text on the bright (yellow-green) end of viridis, light text on the dark end.
-function textColourOn(t) {
-  return t > 0.55 ? "#111" : "#fff";
-}
-
-function svg(tag, attributes = {}, parent = null) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-function html(tag, className = "", parent = null, text = null) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== null) node.textContent = text;
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
 function formatWeight(w) {
   return w === 0 ? "0" : w.toFixed(4);
-}
-
-// Tell the kernel about a choice made in the page. A static page has no kernel (the model has no comm and
-// save_changes throws "Syncing error"); the choice then simply stays in this page.
-function share(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes();
-  } catch (error) {
-    if (!String(error).includes("no comm")) throw error;
-  }
 }
 
 // One heatmap: rows are queries, columns are keys. Returns the <svg>.
@@ -175,15 +124,7 @@ function colorbar(vmax, height, top) {
 }
 
 function render({ model, el }) {
-  const root = html("div", "attnlib-figure attnlib-explorer", el);
-
-  function draw() {
-    root.replaceChildren();
-    const error = model.get("error");
-    if (error) {
-      html("div", "attnlib-error", root, error).setAttribute("role", "alert");
-      return;
-    }
+  function draw(root) {
     const queryLabels = model.get("query_labels");
     const keyLabels = model.get("key_labels");
     const valueLabels = model.get("value_labels");
@@ -202,24 +143,11 @@ function render({ model, el }) {
     const pinned = model.get("query");
     const n = Math.max(queryLabels.length, keyLabels.length);
 
-    const title = model.get("title");
-    if (title) html("div", "attnlib-title", root, title);
-
     // Controls: temperature, layer, head (or all heads), causal or bidirectional, the query row.
     const controls = html("div", "attnlib-controls", root);
     if (temperatures.length > 1) {
-      const wrapper = html("span", "", controls, "temperature ");
-      const group = html("span", "attnlib-toggle", wrapper);
-      group.setAttribute("role", "group");
-      group.setAttribute("aria-label", "temperature");
-      temperatures.forEach((value) => {
-        const button = html("button", "", group, `T = ${value}`);
-        button.type = "button";
-        button.dataset.role = "temperature";
-        button.dataset.value = value;
-        button.setAttribute("aria-pressed", String(value === temperature));
-        button.addEventListener("click", () => share(model, "temperature", value));
-      });
+      toggle(controls, "temperature", temperatures.map((value) => [value, `T = ${value}`, "temperature"]), temperature,
+        (value) => share(model, "temperature", value));
     }
     if (maps.length > 1) {
       const label = html("label", "", controls, "layer ");
@@ -239,16 +167,8 @@ function render({ model, el }) {
       select.addEventListener("change", () => share(model, "head", Number(select.value)));
     }
     if (bidirectionalMaps.length && causalMaps.length) {
-      const group = html("div", "attnlib-toggle", controls);
-      group.setAttribute("role", "group");
-      group.setAttribute("aria-label", "attention mask");
-      for (const [value, text] of [[false, "bidirectional"], [true, "causal"]]) {
-        const button = html("button", "", group, text);
-        button.type = "button";
-        button.dataset.role = value ? "causal" : "bidirectional";
-        button.setAttribute("aria-pressed", String(causal === value));
-        button.addEventListener("click", () => share(model, "causal", value));
-      }
+      toggle(controls, "mask", [[false, "bidirectional", "bidirectional"], [true, "causal", "causal"]], causal,
+        (value) => share(model, "causal", value));
     }
     if (allOutputs.length) {
       const label = html("label", "", controls, "query ");
@@ -374,13 +294,9 @@ function render({ model, el }) {
     }
   }
 
-  const names = ["error", "query_labels", "key_labels", "weights", "causal_weights", "outputs", "causal_outputs",
-    "value_labels", "temperatures", "temperature", "layer", "head", "causal", "query", "title"];
-  for (const name of names) model.on(`change:${name}`, draw);
-  draw();
-  return () => {
-    for (const name of names) model.off(`change:${name}`, draw);
-  };
+  return mount({ model, el }, "attnlib-explorer", ["query_labels", "key_labels", "weights", "causal_weights",
+    "outputs", "causal_outputs", "value_labels", "temperatures", "temperature", "layer", "head", "causal", "query"],
+  draw);
 }
 
 export default { render };

@@ -2,54 +2,16 @@
 // running total l of exp(mark − m) on a sticky note; when a batch beats the best mark, the old total is
 // corrected by one factor, exp(m_old − m_new). The notes were computed by attnlib in Python.
 
-const SVG_NS = "http://www.w3.org/2000/svg";
+import { formatNumber, html, mount, stepper, svg, table } from "./_shared.js";
+
 const PLAY_INTERVAL_MS = 1200;
-
-function svg(tag, attributes = {}, parent = null) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-function html(tag, className = "", parent = null, text = null) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== null) node.textContent = text;
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-function formatNumber(x) {
-  if (x === null) return "−∞";
-  if (x === 0) return "0";
-  const size = Math.abs(x);
-  return size >= 1e4 || size < 1e-3 ? x.toExponential(3) : x.toFixed(4);
-}
+const format = (x) => formatNumber(x, 3); // l and the factors span many decades here: one more digit
 
 // A mark in the reader's units (m is kept as mark / temperature).
 function formatMark(x, temperature) {
   if (x === null) return "−∞";
   const mark = x * temperature;
   return Number.isInteger(Math.round(mark * 1e9) / 1e9) ? String(Math.round(mark)) : mark.toFixed(2);
-}
-
-function share(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes();
-  } catch (error) {
-    if (!String(error).includes("no comm")) throw error;
-  }
-}
-
-function button(parent, text, role, onClick, disabled = false) {
-  const node = html("button", "", parent, text);
-  node.type = "button";
-  node.dataset.role = role;
-  node.disabled = disabled;
-  node.addEventListener("click", onClick);
-  return node;
 }
 
 // One bar per paper, grouped by batch: graded batches in colour, the current one outlined, the rest grey.
@@ -90,49 +52,18 @@ function papers(marks, batches, index) {
 }
 
 function render({ model, el }) {
-  const root = html("div", "attnlib-figure attnlib-exams", el);
-  let timer = null;
+  const steps = stepper(model, { interval: PLAY_INTERVAL_MS, count: () => model.get("batches").length });
 
-  function stop() {
-    if (timer !== null) clearInterval(timer);
-    timer = null;
-  }
-
-  function go(index) {
-    share(model, "step", Math.max(0, Math.min(model.get("batches").length - 1, index)));
-  }
-
-  function draw() {
-    root.replaceChildren();
-    const error = model.get("error");
-    if (error) {
-      stop();
-      html("div", "attnlib-error", root, error).setAttribute("role", "alert");
-      return;
-    }
+  function draw(root, redraw) {
     const marks = model.get("marks");
     const batches = model.get("batches");
     const temperature = model.get("temperature");
     const last = batches.length - 1;
     const index = Math.min(model.get("step"), last);
     const batch = batches[index];
-    const title = model.get("title");
-    if (title) html("div", "attnlib-title", root, title);
 
     const controls = html("div", "attnlib-controls", root);
-    button(controls, "◀◀ start", "start", () => { stop(); go(0); }, index === 0);
-    button(controls, "◀ back", "back", () => { stop(); go(index - 1); }, index === 0);
-    button(controls, timer === null ? "▶ play" : "‖ pause", "play", () => {
-      if (timer !== null) { stop(); draw(); return; }
-      if (index === last) go(0);
-      timer = setInterval(() => {
-        const now = model.get("step");
-        if (now >= model.get("batches").length - 1) { stop(); draw(); } else go(now + 1);
-      }, PLAY_INTERVAL_MS);
-      draw();
-    });
-    button(controls, "next ▶", "next", () => { stop(); go(index + 1); }, index === last);
-    button(controls, "end ▶▶", "end", () => { stop(); go(last); }, index === last);
+    steps.controls(controls, index, redraw);
     html("span", "attnlib-step-counter", controls,
       `batch ${index + 1} of ${batches.length} (papers ${batch.start + 1}–${batch.end})`).dataset.role = "counter";
 
@@ -156,25 +87,19 @@ function render({ model, el }) {
       const difference = `${best(batch.m_old)} − ${best(batch.m_new)}`;
       const exponent = temperature === 1 ? difference : `(${difference})${temperatureText}`;
       line(note, [[`A new best! Every term already on the note was measured against ${best(batch.m_old)}. ` +
-        `One correction factor fixes all of them: exp(${exponent}) = `, ""], [formatNumber(batch.factor), "attnlib-rescale attnlib-changed"],
+        `One correction factor fixes all of them: exp(${exponent}) = `, ""], [format(batch.factor), "attnlib-rescale attnlib-changed"],
       [" — no paper is graded again.", ""]]);
     } else {
       line(note, [["The best mark did not change, so the correction factor is exp(0) = ", ""],
-        [formatNumber(batch.factor), "attnlib-rescale"], [".", ""]]);
+        [format(batch.factor), "attnlib-rescale"], [".", ""]]);
     }
-    line(note, [[`Running total: l = ${formatNumber(batch.l_old)} × ${formatNumber(batch.factor)} + ` +
-      `${formatNumber(batch.batch_sum)} (this batch, against ${best(batch.m_new)}) = `, ""],
-    [formatNumber(batch.l_new), "attnlib-l attnlib-l-new"]]);
+    line(note, [[`Running total: l = ${format(batch.l_old)} × ${format(batch.factor)} + ` +
+      `${format(batch.batch_sum)} (this batch, against ${best(batch.m_new)}) = `, ""],
+    [format(batch.l_new), "attnlib-l attnlib-l-new"]]);
 
-    const history = html("table", "attnlib-table", root);
-    const head = html("tr", "", html("thead", "", history));
-    for (const text of ["batch", "batch best", "m after", "factor on old l", "l after"]) html("th", "", head, text);
-    const tbody = html("tbody", "", history);
-    batches.slice(0, index + 1).forEach((b, k) => {
-      const row = html("tr", k === index ? "attnlib-changed" : "", tbody);
-      for (const text of [String(k + 1), String(b.batch_best), best(b.m_new), formatNumber(b.factor),
-        formatNumber(b.l_new)]) html("td", "", row, text);
-    });
+    const history = batches.slice(0, index + 1).map((b, k) => [String(k + 1), String(b.batch_best), best(b.m_new),
+      format(b.factor), format(b.l_new)].map((text) => ({ text, className: k === index ? "attnlib-changed" : "" })));
+    table(root, ["batch", "batch best", "m after", "factor on old l", "l after"], history);
 
     if (index === last) {
       const shares = model.get("shares");
@@ -182,7 +107,7 @@ function render({ model, el }) {
       const done = html("div", "attnlib-note", root);
       done.dataset.role = "final-check";
       html("span", "", done, `All papers graded. Each share is exp(x − m) / l with the final note; ` +
-        `the top paper (${marks[top]}) gets ${formatNumber(shares[top])}. `);
+        `the top paper (${marks[top]}) gets ${format(shares[top])}. `);
       const maxError = model.get("max_error");
       const ok = maxError < 1e-12;
       html("span", ok ? "attnlib-ok" : "attnlib-bad", done,
@@ -191,13 +116,8 @@ function render({ model, el }) {
     }
   }
 
-  const names = ["error", "marks", "batches", "step", "temperature", "shares", "max_error", "title"];
-  for (const name of names) model.on(`change:${name}`, draw);
-  draw();
-  return () => {
-    stop();
-    for (const name of names) model.off(`change:${name}`, draw);
-  };
+  return mount({ model, el }, "attnlib-exams", ["marks", "batches", "step", "temperature", "shares", "max_error"],
+    draw, steps.stop);
 }
 
 export default { render };

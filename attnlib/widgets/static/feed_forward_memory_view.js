@@ -3,33 +3,10 @@
 // to; the activation can be switched off to see every match leak through. Every number was computed by attnlib
 // in Python, with and without the activation, so this file only draws and reacts.
 
-const SVG_NS = "http://www.w3.org/2000/svg";
+import { html, mount, share, svg, toggle } from "./_shared.js";
+
 const POSITIVE = [84, 39, 136]; // purple for > 0 ...
 const NEGATIVE = [179, 88, 6]; // ... orange for < 0: a diverging pair that reads for most colour-blind readers
-
-function svg(tag, attributes = {}, parent = null) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-function html(tag, className = "", parent = null, text = null) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== null) node.textContent = text;
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-function share(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes();
-  } catch (error) {
-    if (!String(error).includes("no comm")) throw error;
-  }
-}
 
 // White at 0, purple towards +1, orange towards -1.
 function diverging(t) {
@@ -38,24 +15,7 @@ function diverging(t) {
   return `rgb(${end.map((v) => Math.round(255 + (v - 255) * Math.abs(x))).join(",")})`;
 }
 
-function formatNumber(x) {
-  return x === 0 ? "0" : x.toFixed(2);
-}
-
-function toggle(parent, label, options, current, onPick) {
-  const wrapper = html("span", "", parent, `${label} `);
-  const group = html("span", "attnlib-toggle", wrapper);
-  group.setAttribute("role", "group");
-  group.setAttribute("aria-label", label);
-  for (const [value, text, role] of options) {
-    const node = html("button", "", group, text);
-    node.type = "button";
-    node.dataset.role = role;
-    node.setAttribute("aria-pressed", String(current === value));
-    node.addEventListener("click", () => onPick(value));
-  }
-  return group;
-}
+const twoDecimals = (x) => (x === 0 ? "0" : x.toFixed(2));
 
 const largest = (nested) => nested.flat(Infinity).reduce((m, x) => Math.max(m, Math.abs(x)), 0) || 1;
 
@@ -98,7 +58,7 @@ function memoryTable({ slotLabels, pre, gates, contributions, bias, output, acti
     rect.dataset.role = role;
     rect.dataset.value = value;
     svg("text", { x: value < 0 ? zero + 3 : zero - 3, y: y + row / 2, "text-anchor": value < 0 ? "start" : "end",
-      "dominant-baseline": "middle", "font-size": 10, class: "attnlib-label" }, root).textContent = formatNumber(value);
+      "dominant-baseline": "middle", "font-size": 10, class: "attnlib-label" }, root).textContent = twoDecimals(value);
   };
 
   const strip = (values, y, role) => {
@@ -160,22 +120,14 @@ function readoutBars(labels, similarities) {
       height: row - 6, fill: diverging(value < 0 ? -1 : 1) }, root);
     rect.dataset.word = label;
     svg("text", { x: value < 0 ? zero + 3 : zero - 3, y: y + row / 2, "text-anchor": value < 0 ? "start" : "end",
-      "dominant-baseline": "middle", "font-size": 10, class: "attnlib-label" }, root).textContent = formatNumber(value);
+      "dominant-baseline": "middle", "font-size": 10, class: "attnlib-label" }, root).textContent = twoDecimals(value);
   });
   svg("line", { x1: zero, x2: zero, y1: top, y2: top + labels.length * row, class: "attnlib-tick" }, root);
   return root;
 }
 
 function render({ model, el }) {
-  const root = html("div", "attnlib-figure attnlib-ffn", el);
-
-  function draw() {
-    root.replaceChildren();
-    const error = model.get("error");
-    if (error) {
-      html("div", "attnlib-error", root, error).setAttribute("role", "alert");
-      return;
-    }
+  function draw(root) {
     const inputLabels = model.get("input_labels");
     const slotLabels = model.get("slot_labels");
     const readoutLabels = model.get("readout_labels");
@@ -187,13 +139,11 @@ function render({ model, el }) {
     const mode = activation ? withActivation : withoutActivation;
     const pre = model.get("pre_activation")[index];
     const gates = mode.gates[index];
-    const title = model.get("title");
-    if (title) html("div", "attnlib-title", root, title);
 
     const controls = html("div", "attnlib-controls", root);
     const inputs = toggle(controls, "input", inputLabels.map((label, i) => [i, label, "input"]), index,
       (value) => share(model, "input_index", value));
-    [...inputs.children].forEach((node, i) => { node.dataset.index = i; });
+    for (const node of inputs.children) node.dataset.index = node.dataset.value;
     toggle(controls, "activation", [[true, `${activationName} on`, "activation-on"],
       [false, "off (linear)", "activation-off"]], activation, (value) => share(model, "activation", value));
 
@@ -211,7 +161,7 @@ function render({ model, el }) {
 
     // The same sum in words: which slots fire and what the output is closest to.
     const firing = gates.map((g, j) => [g, j]).filter(([g]) => g !== 0);
-    const terms = firing.map(([g, j]) => `${formatNumber(g)} × v(${slotLabels[j]})`).join(" + ").replace(/\+ -/g, "− ");
+    const terms = firing.map(([g, j]) => `${twoDecimals(g)} × v(${slotLabels[j]})`).join(" + ").replace(/\+ -/g, "− ");
     const summary = html("div", "attnlib-note", root);
     summary.dataset.role = "summary";
     const lead = activation
@@ -222,17 +172,12 @@ function render({ model, el }) {
       const best = similarities.indexOf(Math.max(...similarities));
       html("span", "", summary, ` Nearest word: `);
       html("strong", "", summary, readoutLabels[best]).dataset.role = "nearest";
-      html("span", "", summary, ` (cosine ${formatNumber(similarities[best])}).`);
+      html("span", "", summary, ` (cosine ${twoDecimals(similarities[best])}).`);
     }
   }
 
-  const names = ["error", "input_labels", "slot_labels", "readout_labels", "activation_name", "pre_activation",
-    "bias", "with_activation", "without_activation", "input_index", "activation", "title"];
-  for (const name of names) model.on(`change:${name}`, draw);
-  draw();
-  return () => {
-    for (const name of names) model.off(`change:${name}`, draw);
-  };
+  return mount({ model, el }, "attnlib-ffn", ["input_labels", "slot_labels", "readout_labels", "activation_name",
+    "pre_activation", "bias", "with_activation", "without_activation", "input_index", "activation"], draw);
 }
 
 export default { render };

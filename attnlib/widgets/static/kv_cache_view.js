@@ -2,56 +2,9 @@
 // computes its key and value (one new row of the cache) and reuses every row already cached. Counters compare
 // the work with the cache against re-reading the whole sequence at every step. Data computed by attnlib.
 
-const SVG_NS = "http://www.w3.org/2000/svg";
+import { html, mount, stepper, svg, table, viridis } from "./_shared.js";
+
 const PLAY_INTERVAL_MS = 1000;
-// viridis sampled at 17 evenly spaced points (perceptually uniform), interpolated linearly in between.
-const VIRIDIS = [
-  "#440154", "#48186a", "#472d7b", "#424086", "#3b528b", "#33638d", "#2c728e", "#26828e", "#21918c",
-  "#1fa088", "#28ae80", "#3fbc73", "#5ec962", "#84d44b", "#addc30", "#d8e219", "#fde725",
-];
-
-function viridis(t) {
-  const x = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0)) * (VIRIDIS.length - 1);
-  const low = Math.floor(x);
-  const high = Math.min(low + 1, VIRIDIS.length - 1);
-  const rgb = (hex) => [1, 3, 5].map((k) => parseInt(hex.slice(k, k + 2), 16));
-  const a = rgb(VIRIDIS[low]);
-  const b = rgb(VIRIDIS[high]);
-  return `rgb(${a.map((v, i) => Math.round(v + (b[i] - v) * (x - low))).join(",")})`;
-}
-
-function svg(tag, attributes = {}, parent = null) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-function html(tag, className = "", parent = null, text = null) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== null) node.textContent = text;
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-function share(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes();
-  } catch (error) {
-    if (!String(error).includes("no comm")) throw error;
-  }
-}
-
-function button(parent, text, role, onClick, disabled = false) {
-  const node = html("button", "", parent, text);
-  node.type = "button";
-  node.dataset.role = role;
-  node.disabled = disabled;
-  node.addEventListener("click", onClick);
-  return node;
-}
 
 const cumulative = (list, upTo) => list.slice(0, upTo + 1).reduce((a, b) => a + b, 0);
 
@@ -92,50 +45,20 @@ function cacheMatrix(name, matrix, tokens, length, firstNew, cell, showLabels) {
 }
 
 function render({ model, el }) {
-  const root = html("div", "attnlib-figure attnlib-kv", el);
-  let timer = null;
+  // Step 0 reads the prompt; then one step per generated token.
+  const steps = stepper(model, { interval: PLAY_INTERVAL_MS,
+    count: () => model.get("tokens").length - model.get("n_prompt") + 1 });
 
-  function stop() {
-    if (timer !== null) clearInterval(timer);
-    timer = null;
-  }
-
-  function go(index) {
-    const last = model.get("tokens").length - model.get("n_prompt");
-    share(model, "step", Math.max(0, Math.min(last, index)));
-  }
-
-  function draw() {
-    root.replaceChildren();
-    const error = model.get("error");
-    if (error) {
-      stop();
-      html("div", "attnlib-error", root, error).setAttribute("role", "alert");
-      return;
-    }
+  function draw(root, redraw) {
     const tokens = model.get("tokens");
     const nPrompt = model.get("n_prompt");
     const last = tokens.length - nPrompt;
     const step = Math.min(model.get("step"), last);
     const length = nPrompt + step; // positions cached after this step
     const firstNew = step === 0 ? 0 : length - 1;
-    const title = model.get("title");
-    if (title) html("div", "attnlib-title", root, title);
 
     const controls = html("div", "attnlib-controls", root);
-    button(controls, "◀◀ start", "start", () => { stop(); go(0); }, step === 0);
-    button(controls, "◀ back", "back", () => { stop(); go(step - 1); }, step === 0);
-    button(controls, timer === null ? "▶ play" : "‖ pause", "play", () => {
-      if (timer !== null) { stop(); draw(); return; }
-      if (step === last) go(0);
-      timer = setInterval(() => {
-        const now = model.get("step");
-        if (now >= model.get("tokens").length - model.get("n_prompt")) { stop(); draw(); } else go(now + 1);
-      }, PLAY_INTERVAL_MS);
-      draw();
-    });
-    button(controls, "next ▶", "next", () => { stop(); go(step + 1); }, step === last);
-    button(controls, "end ▶▶", "end", () => { stop(); go(last); }, step === last);
+    steps.controls(controls, step, redraw);
     html("span", "attnlib-step-counter", controls, step === 0
       ? `step 0 of ${last}: read the prompt (${nPrompt} tokens at once)`
       : `step ${step} of ${last}: read “${tokens[length - 1]}”, the token chosen at the previous step`,
@@ -178,17 +101,11 @@ function render({ model, el }) {
 
     // The work counters, cumulative up to this step.
     const work = model.get("work");
-    const counts = html("table", "attnlib-table", root);
-    counts.dataset.role = "work";
-    const head = html("tr", "", html("thead", "", counts));
-    for (const text of ["so far", "key/value rows computed", "attention scores computed"]) html("th", "", head, text);
-    const tbody = html("tbody", "", counts);
-    for (const [label, key] of [["with the cache", "with_cache"], ["without (re-read everything)", "without_cache"]]) {
-      const tr = html("tr", "", tbody);
-      html("td", "", tr, label);
-      html("td", `attnlib-work-rows-${key}`, tr, String(cumulative(work[key].kv_rows, step)));
-      html("td", `attnlib-work-scores-${key}`, tr, String(cumulative(work[key].scores, step)));
-    }
+    const rows = [["with the cache", "with_cache"], ["without (re-read everything)", "without_cache"]].map(
+      ([label, key]) => [label,
+        { text: String(cumulative(work[key].kv_rows, step)), className: `attnlib-work-rows-${key}` },
+        { text: String(cumulative(work[key].scores, step)), className: `attnlib-work-scores-${key}` }]);
+    table(root, ["so far", "key/value rows computed", "attention scores computed"], rows).dataset.role = "work";
     const saved = cumulative(work.without_cache.kv_rows, step) / cumulative(work.with_cache.kv_rows, step);
     const note = html("div", "attnlib-note", root,
       `Without the cache, this decoding would have computed ${saved.toFixed(2)}× as many key/value rows so far: ` +
@@ -200,14 +117,8 @@ function render({ model, el }) {
     }
   }
 
-  const names = ["error", "tokens", "n_prompt", "cache_keys", "cache_values", "weights", "work", "step", "logit_gap",
-    "title"];
-  for (const name of names) model.on(`change:${name}`, draw);
-  draw();
-  return () => {
-    stop();
-    for (const name of names) model.off(`change:${name}`, draw);
-  };
+  return mount({ model, el }, "attnlib-kv", ["tokens", "n_prompt", "cache_keys", "cache_values", "weights", "work",
+    "step", "logit_gap"], draw, steps.stop);
 }
 
 export default { render };

@@ -2,80 +2,9 @@
 // query row keeps only its running maximum m, running sum l and unnormalised output acc. Every step was
 // recorded by attnlib.numpy.flash_attention in Python; this file shows them one by one.
 
-const SVG_NS = "http://www.w3.org/2000/svg";
-// viridis sampled at 17 evenly spaced points (perceptually uniform), interpolated linearly in between.
-const VIRIDIS = [
-  "#440154", "#48186a", "#472d7b", "#424086", "#3b528b", "#33638d", "#2c728e", "#26828e", "#21918c",
-  "#1fa088", "#28ae80", "#3fbc73", "#5ec962", "#84d44b", "#addc30", "#d8e219", "#fde725",
-];
+import { formatNumber, html, mount, stepper, svg, table, viridis } from "./_shared.js";
+
 const PLAY_INTERVAL_MS = 900;
-
-function viridis(t) {
-  const x = Math.min(1, Math.max(0, Number.isFinite(t) ? t : 0)) * (VIRIDIS.length - 1);
-  const low = Math.floor(x);
-  const high = Math.min(low + 1, VIRIDIS.length - 1);
-  const rgb = (hex) => [1, 3, 5].map((k) => parseInt(hex.slice(k, k + 2), 16));
-  const a = rgb(VIRIDIS[low]);
-  const b = rgb(VIRIDIS[high]);
-  return `rgb(${a.map((v, i) => Math.round(v + (b[i] - v) * (x - low))).join(",")})`;
-}
-
-function svg(tag, attributes = {}, parent = null) {
-  const node = document.createElementNS(SVG_NS, tag);
-  for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-function html(tag, className = "", parent = null, text = null) {
-  const node = document.createElement(tag);
-  if (className) node.className = className;
-  if (text !== null) node.textContent = text;
-  if (parent) parent.appendChild(node);
-  return node;
-}
-
-// null stands for -inf (JSON has no infinity): a maximum before anything was seen, or a masked score.
-function formatNumber(x) {
-  if (x === null) return "−∞";
-  if (x === 0) return "0";
-  const size = Math.abs(x);
-  return size >= 1e4 || size < 1e-3 ? x.toExponential(2) : x.toFixed(4);
-}
-
-// Tell the kernel about the reader's step; a static page has no kernel (save_changes throws "no comm").
-function share(model, name, value) {
-  model.set(name, value);
-  try {
-    model.save_changes();
-  } catch (error) {
-    if (!String(error).includes("no comm")) throw error;
-  }
-}
-
-function button(parent, text, role, onClick, disabled = false) {
-  const node = html("button", "", parent, text);
-  node.type = "button";
-  node.dataset.role = role;
-  node.disabled = disabled;
-  node.addEventListener("click", onClick);
-  return node;
-}
-
-function table(parent, header, rows, className = "") {
-  const node = html("table", `attnlib-table ${className}`, parent);
-  const head = html("tr", "", html("thead", "", node));
-  for (const text of header) html("th", "", head, text);
-  const body = html("tbody", "", node);
-  for (const cells of rows) {
-    const row = html("tr", "", body);
-    for (const cell of cells) {
-      const td = html("td", cell.className || "", row, cell.text);
-      if (cell.title) td.title = cell.title;
-    }
-  }
-  return node;
-}
 
 // The n_q x n_k score grid: tiles visited so far are coloured by their scores, the current one outlined.
 function scoreGrid(model, upTo) {
@@ -152,50 +81,18 @@ function scoreGrid(model, upTo) {
 }
 
 function render({ model, el }) {
-  const root = html("div", "attnlib-figure attnlib-tiles", el);
-  let timer = null;
+  const steps = stepper(model, { interval: PLAY_INTERVAL_MS, count: () => model.get("steps").length });
 
-  function stop() {
-    if (timer !== null) clearInterval(timer);
-    timer = null;
-  }
-
-  function go(index) {
-    const last = model.get("steps").length - 1;
-    share(model, "step", Math.max(0, Math.min(last, index)));
-  }
-
-  function draw() {
-    root.replaceChildren();
-    const error = model.get("error");
-    if (error) {
-      stop();
-      html("div", "attnlib-error", root, error).setAttribute("role", "alert");
-      return;
-    }
-    const steps = model.get("steps");
-    const last = steps.length - 1;
+  function draw(root, redraw) {
+    const allSteps = model.get("steps");
+    const last = allSteps.length - 1;
     const index = Math.min(model.get("step"), last);
-    const step = steps[index];
-    const title = model.get("title");
-    if (title) html("div", "attnlib-title", root, title);
+    const step = allSteps[index];
 
     const controls = html("div", "attnlib-controls", root);
-    button(controls, "◀◀ start", "start", () => { stop(); go(0); }, index === 0);
-    button(controls, "◀ back", "back", () => { stop(); go(index - 1); }, index === 0);
-    button(controls, timer === null ? "▶ play" : "‖ pause", "play", () => {
-      if (timer !== null) { stop(); draw(); return; }
-      if (index === last) go(0);
-      timer = setInterval(() => {
-        const now = model.get("step");
-        if (now >= model.get("steps").length - 1) { stop(); draw(); } else go(now + 1);
-      }, PLAY_INTERVAL_MS);
-      draw();
-    });
-    button(controls, "next ▶", "next", () => { stop(); go(index + 1); }, index === last);
-    button(controls, "end ▶▶", "end", () => { stop(); go(last); }, index === last);
+    steps.controls(controls, index, redraw);
     const counter = html("span", "attnlib-step-counter", controls,
-      `step ${index + 1} of ${steps.length}: query block ${step.i} (rows ${step.q_range[0]}–${step.q_range[1] - 1})` +
+      `step ${index + 1} of ${allSteps.length}: query block ${step.i} (rows ${step.q_range[0]}–${step.q_range[1] - 1})` +
       ` × key block ${step.j} (keys ${step.k_range[0]}–${step.k_range[1] - 1})`);
     counter.dataset.role = "counter";
 
@@ -218,7 +115,7 @@ function render({ model, el }) {
       const raised = step.m_old[a] !== null && step.m_new[a] > step.m_old[a];
       const mark = raised ? "attnlib-changed" : "";
       return [
-        { text: `q${step.q_range[0] + a}` },
+        `q${step.q_range[0] + a}`,
         { text: formatNumber(step.m_old[a]), className: "attnlib-m attnlib-m-old" },
         { text: formatNumber(step.m_new[a]), className: `attnlib-m attnlib-m-new ${mark}` },
         { text: formatNumber(step.rescale[a]), className: `attnlib-rescale ${mark}`,
@@ -232,7 +129,7 @@ function render({ model, el }) {
     html("div", "attnlib-note", panel, "acc after this tile (unnormalised output: acc · rescale + exp(s − m_new) v):");
     const accHeader = ["row", ...step.acc[0].map((_, d) => `acc[${d}]`)];
     table(panel, accHeader, step.acc.map((row, a) => [
-      { text: `q${step.q_range[0] + a}` }, ...row.map((x) => ({ text: formatNumber(x), className: "attnlib-acc" })),
+      `q${step.q_range[0] + a}`, ...row.map((x) => ({ text: formatNumber(x), className: "attnlib-acc" })),
     ])).dataset.role = "acc";
 
     if (index === last) {
@@ -249,13 +146,8 @@ function render({ model, el }) {
     }
   }
 
-  const names = ["error", "steps", "step", "skipped", "n_q", "n_k", "block_q", "block_k", "max_error", "title"];
-  for (const name of names) model.on(`change:${name}`, draw);
-  draw();
-  return () => {
-    stop();
-    for (const name of names) model.off(`change:${name}`, draw);
-  };
+  return mount({ model, el }, "attnlib-tiles", ["steps", "step", "skipped", "n_q", "n_k", "block_q", "block_k",
+    "max_error"], draw, steps.stop);
 }
 
 export default { render };
