@@ -177,6 +177,46 @@ def test_coreference_examples_point_at_the_noun_the_adjective_fits():
         assert example.words[example.pronoun:example.pronoun + 2] == (["they", "were"] if plural else ["it", "was"])
 
 
+def test_masked_examples_corrupt_the_word_after_because_and_ask_for_the_original():
+    rng = random.Random(3)
+    vocabulary = data.vocabulary()
+    words = [word for word in vocabulary if word not in data.PUNCTUATION]
+    kinds = {"noun shown as a pronoun": 0, "pronoun swapped": 0, "hidden": 0}
+    for _ in range(400):
+        example = data.masked_example(rng, words, coreference_rate=1.0, context_rate=0.5)
+        slot = example.pronoun
+        original, shown = example.targets[slot], example.inputs[slot]
+        assert original is not None  # always predicted, whatever is shown there
+        antecedent = example.targets[example.antecedent] or example.inputs[example.antecedent]
+        assert original in ("it", "they") or original == antecedent  # "because apple was ripe"
+        if original not in ("it", "they") and shown in ("it", "they"):
+            kinds["noun shown as a pronoun"] += 1
+            verb = example.targets[slot + 1] or example.inputs[slot + 1]
+            assert shown == ("it" if verb == "was" else "they")  # the pronoun that agrees with the noun
+        elif original in ("it", "they") and shown in ("it", "they") and shown != original:
+            kinds["pronoun swapped"] += 1
+        elif shown == "<mask>":
+            kinds["hidden"] += 1
+        # Every target is the word the sentence really had; uncorrupted positions are not predicted.
+        for given, target in zip(example.inputs, example.targets, strict=True):
+            assert target is None or target in vocabulary
+            assert target is not None or given != "<mask>"
+    assert all(count > 20 for count in kinds.values()), kinds
+
+
+def test_the_encoder_recipe_has_no_loss_on_attention():
+    from attnlib.pretrained import train
+
+    recipe = train.RECIPES["tiny-encoder"]
+    assert not {key for key in recipe if "pointing" in key}
+    assert recipe["objective"].startswith("masked-token prediction only")
+    assert described_recipe()["objective"] == recipe["objective"]
+
+
+def described_recipe():
+    return pretrained.info("tiny-encoder")["recipe"]
+
+
 # --------------------------------------------------------------------------------------- broken checkpoints
 
 

@@ -2,7 +2,7 @@
 
 ``load("tiny-lm")`` -- a causal word-level language model (2 layers x 4 heads, context 1024) with a
 previous-token head and an induction head; ``load("tiny-encoder")`` -- a bidirectional encoder trained with
-masked-token prediction plus a pointing loss, with a head that sends "it" to the noun it refers to ("the apple
+masked-token prediction alone, in which a head emerged that sends "it" to the noun it refers to ("the apple
 fell on the ground because it was ripe" -> apple; "... hard" -> ground). Both return ``(model, tokenizer)``:
 an ``attnlib.torch.TransformerLM`` in eval mode on the CPU and a ``WordTokenizer``.
 ``attnlib.pretrained.heads`` measures which heads do what; ``info(name)`` gives the numbers recorded at training.

@@ -7,8 +7,8 @@ Nothing is downloaded. Every generator takes a ``random.Random`` so a seed fixes
   ripe", where the adjective after "it" decides which noun "it" means (ripe -> apple, hard -> ground).
 * ``language_model_sequence`` -- sentences with a random span of words pasted in twice. The second copy can only
   be predicted by finding the first one, which is what makes a previous-token head and an induction head appear.
-* ``masked_example`` -- a sentence with some words hidden behind ``<mask>`` (or swapped) for the encoder's
-  masked-token training, with the positions of "it" and its antecedent.
+* ``masked_example`` -- a sentence with some words hidden behind ``<mask>`` or replaced, for the encoder's
+  masked-token training; the word after "because" is always among them, so "it" has to be checked.
 """
 
 from __future__ import annotations
@@ -227,62 +227,74 @@ class MaskedExample:
 
     inputs: list[str]
     targets: list[str | None]
-    pronoun: int | None = None  # in an "it" sentence, the position of the pronoun (hidden or not) ...
+    pronoun: int | None = None  # in an "it" sentence, the position of the pronoun (or of the noun written there) ...
     antecedent: int | None = None  # ... and of the noun it refers to
 
 
-# A replaced pronoun or verb becomes its partner, so a visible "it" may be wrong and is worth checking.
+# A replaced word becomes its partner here if it has one, so a visible "it" or "was" may be wrong.
 CONFUSABLE = {"it": "they", "they": "it", "was": "were", "were": "was"}
 
 
 def masked_example(rng: random.Random, words: list[str], *, mask_token: str = "<mask>", mask_rate: float = 0.15,
-                   pronoun_rate: float = 0.5, coreference_rate: float = 0.7, plural_rate: float = 0.5,
-                   context_rate: float = 0.3, reverse_rate: float = 0.5, pair_mask_rate: float = 0.4,
-                   pair_swap_rate: float = 0.3) -> MaskedExample:
-    """One training example for masked-token prediction (BERT's recipe, with the pronoun chosen more often).
+                   coreference_rate: float = 0.9, plural_rate: float = 0.5, context_rate: float = 0.3,
+                   reverse_rate: float = 0.5, repeat_rate: float = 0.5, pronoun_rate: float = 1.0,
+                   pronoun_mask_rate: float = 0.5, pronoun_swap_rate: float = 0.25, verb_mask_rate: float = 1.0,
+                   noun_to_pronoun_rate: float = 0.8, noun_mask_rate: float = 0.1) -> MaskedExample:
+    """One training example for masked-token prediction: corrupt some words, the model predicts the originals.
 
     The text is an "it" sentence (probability ``coreference_rate``) or a grammar sentence, sometimes after another
     sentence (``context_rate``) so that positions vary. Each word is chosen with probability ``mask_rate``; a
     chosen word becomes ``mask_token`` (80%), another word (10%: its partner in ``CONFUSABLE`` or a random one of
-    ``words``) or stays (10%), and the model must predict the original.
+    ``words``) or stays (10%) -- BERT's recipe.
 
-    In "it" sentences the pronoun and its verb are also chosen together with probability ``pronoun_rate``: both
-    hidden (``pair_mask_rate``), both swapped to the other number (``pair_swap_rate``) or both kept. Because a
-    visible "it was" may be a swapped "they were", the model must check it: when the nouns differ in number,
-    only the antecedent -- found from the adjective after the pronoun -- tells which is right.
+    In "it" sentences the word after "because" is chosen with probability ``pronoun_rate`` (a raised selection
+    rate for one position, as whole-word masking raises it for the pieces of a word), and corrupted by what it is.
+    With probability ``repeat_rate`` the sentence names the antecedent again instead of using a pronoun
+    ("the apple fell on the ground because apple was ripe"); such a noun is mostly replaced by the pronoun that
+    stands for it (``noun_to_pronoun_rate``: "apple" -> "it", "apples" -> "they"), else hidden
+    (``noun_mask_rate``) or kept. A real pronoun is hidden (``pronoun_mask_rate``, and then the verb after it too
+    with probability ``verb_mask_rate``), swapped to the other number (``pronoun_swap_rate``) or kept.
 
-    That alone taught the tiny encoder to resolve the pronoun, but not through one attention head (it combined
-    what it read from both nouns), so "it" examples also carry the positions of the pronoun and its antecedent,
-    for the pointing loss of the training script (``train.pointing_loss``).
+    So a visible "it" may stand for "apple" or for "ground", and the model, asked for the original word, has to
+    find which noun it stands for -- the adjective after it decides. Nothing else points the model at that noun.
     """
     example = None
     if rng.random() < coreference_rate:
         example = coreference_example(rng, plural_rate=plural_rate, reverse_rate=reverse_rate)
-    text = example.words if example else sentence(rng)
+    text = list(example.words) if example else sentence(rng)
+    repeated = example is not None and rng.random() < repeat_rate
+    if repeated:
+        text[example.pronoun] = text[example.antecedent]  # "... because apple was ripe"
     prefix = sentence(rng) if rng.random() < context_rate else []
     text = prefix + text
     chosen = {index for index in range(len(text)) if rng.random() < mask_rate}
-    pair: list[int] = []
+    slot = None
     if example and rng.random() < pronoun_rate:
-        pair = [len(prefix) + example.pronoun, len(prefix) + example.pronoun + 1]
-        chosen -= set(pair)
-    if not chosen and not pair:
+        slot = len(prefix) + example.pronoun
+        chosen.discard(slot)
+    if not chosen and slot is None:
         chosen = {rng.randrange(len(text))}
     inputs = list(text)
-    targets: list[str | None] = [word if index in chosen or index in pair else None for index, word in enumerate(text)]
+    targets: list[str | None] = [word if index in chosen or index == slot else None for index, word in enumerate(text)]
     for index in sorted(chosen):
         draw = rng.random()
         if draw < 0.8:
             inputs[index] = mask_token
         elif draw < 0.9:
             inputs[index] = CONFUSABLE.get(text[index]) or rng.choice(words)
-    if pair:  # the pronoun and its verb: hidden together, swapped together ("it was" <-> "they were") or kept
+    if slot is not None:
         draw = rng.random()
-        for index in pair:
-            if draw < pair_mask_rate:
-                inputs[index] = mask_token
-            elif draw < pair_mask_rate + pair_swap_rate:
-                inputs[index] = CONFUSABLE[text[index]]
+        if repeated:  # the noun: mostly shown as the pronoun that agrees with it (the verb after it tells which)
+            if draw < noun_to_pronoun_rate:
+                inputs[slot] = PRONOUNS["singular" if text[slot + 1] == "was" else "plural"][0]
+            elif draw < noun_to_pronoun_rate + noun_mask_rate:
+                inputs[slot] = mask_token
+        elif draw < pronoun_mask_rate:
+            inputs[slot] = mask_token
+            if rng.random() < verb_mask_rate:  # "<mask> <mask> ripe": the number must come from the antecedent
+                inputs[slot + 1], targets[slot + 1] = mask_token, text[slot + 1]
+        elif draw < pronoun_mask_rate + pronoun_swap_rate:
+            inputs[slot] = CONFUSABLE[text[slot]]
     if example is None:
         return MaskedExample(inputs, targets)
     return MaskedExample(inputs, targets, len(prefix) + example.pronoun, len(prefix) + example.antecedent)
