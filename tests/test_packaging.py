@@ -37,3 +37,19 @@ def test_imports_from_the_wheel_alone(wheel, tmp_path):
             f"assert attnlib.numpy.__file__.startswith({site!r}), attnlib.numpy.__file__")
     result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_the_numpy_half_works_where_torch_is_not_installed(tmp_path):
+    # `pip install .` depends on NumPy only: attnlib.numpy, attnlib.traffic and a whole NumPy model must run without
+    # torch, and asking for attnlib.torch must then fail on torch itself, not on something of ours.
+    code = (
+        "import sys; sys.modules['torch'] = None\n"  # makes `import torch` raise ImportError, as if not installed
+        "import numpy as np, attnlib, attnlib.numpy as an, attnlib.traffic\n"
+        "model = an.TransformerLM(11, 8, 2, 16, 2, 16, seed=0)\n"
+        "ids = model.generate(np.array([[1, 2]]), 3)\n"
+        "assert ids.shape == (1, 5) and (ids == model.generate(np.array([[1, 2]]), 3, use_kv_cache=False)).all()\n"
+        "try:\n    import attnlib.torch\nexcept ImportError as error:\n    assert 'torch' in str(error), error\n"
+        "else:\n    raise AssertionError('attnlib.torch imported without torch')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
