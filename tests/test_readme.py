@@ -1,0 +1,55 @@
+"""The README's table of measurements says what the results files and attnlib say."""
+
+import json
+import re
+from pathlib import Path
+
+from attnlib import traffic
+from attnlib.torch import TransformerBlock
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def measured_section() -> str:
+    text = (ROOT / "README.md").read_text()
+    match = re.search(r"^## What we measured\n(.*?)^## ", text, re.S | re.M)
+    assert match, "README.md has no '## What we measured' section"
+    return match.group(1)
+
+
+def results(name: str) -> dict:
+    return json.loads((ROOT / "benchmarks" / "results" / name).read_text())
+
+
+def test_every_number_in_the_table_comes_from_its_source():
+    table = measured_section()
+    counts = TransformerBlock(512, 8, 2048).parameter_counts(include_biases=False)
+    assert counts["feed_forward"] * 3 == counts["total"] * 2  # exactly 2/3
+    kv_cache = results("kv_cache.json")
+    assert kv_cache["same_tokens"] and kv_cache["generated_tokens"] == 512
+    flash_report = results("flash_cpu.json")
+    flash = flash_report["goals"]
+    largest = max(flash_report["results"], key=lambda row: row["n"])
+    difference = largest["max_abs_difference_vs_naive"]
+    memory = [flash["memory_ratio_flash_over_naive"][n]["tracemalloc_peak_bytes"] for n in ("4096", "8192", "16384")]
+    hbm = traffic.gpt2_medium_comparison()
+    hbm_without_dropout = traffic.gpt2_medium_comparison(dropout=False)
+    encoder = json.loads((ROOT / "attnlib/pretrained/checkpoints/tiny-encoder.json").read_text())["measurements"]
+    expected = [
+        "exactly 2/3 of the weight matrices at d_model = 512, d_ff = 2048",
+        f"{kv_cache['speedup']:.1f}× faster for {kv_cache['generated_tokens']} tokens",
+        f"at most {difference['flash_numpy']:.1e} from naive attention at N = {largest['n']} in float32",
+        f"(PyTorch's own SDPA: {difference['torch_sdpa']:.1e})",
+        "peak extra memory {:.1%}, {:.1%}, {:.2%} of naive".format(*memory),
+        f"{flash['time_ratio_flash_over_naive_at_4096']:.2f}× the naive NumPy time at N = 4096",
+        f"{hbm['ratio']:.1f}× fewer bytes for GPT-2 medium on an A100 with a dropout pass",
+        f"(the paper: {hbm['paper_ratio']:.1f}×); {hbm_without_dropout['ratio']:.1f}× without it",
+        f"{encoder['coreference']['accuracy']:.0%} of {encoder['held_out_sentences']['n']} held-out sentences",
+    ]
+    missing = [phrase for phrase in expected if phrase not in table]
+    assert missing == []
+
+
+def test_the_gpu_row_matches_whether_gpu_results_exist():
+    has_gpu_results = any((ROOT / "benchmarks" / "results").glob("flash_gpu_*.json"))
+    assert ("not measured yet" in measured_section()) == (not has_gpu_results)
