@@ -130,6 +130,13 @@ def language_model_batch(rng: random.Random, tokenizer: WordTokenizer, recipe: d
     return torch.tensor(rows)
 
 
+def report(step: int, loss: float, recipe: dict, log_every: int, monitor, model, tokenizer) -> None:
+    """Print the loss every ``log_every`` steps and at the last one, with the monitor's note if there is one."""
+    if step % log_every == 0 or step == recipe["steps"] - 1:
+        note = "" if monitor is None else "  " + monitor(model, tokenizer)
+        print(f"step {step:5d}  loss {loss:.3f}{note}", flush=True)
+
+
 def train_language_model(recipe: dict, *, log_every: int = 100, monitor=None):
     tokenizer = WordTokenizer(data.vocabulary())
     model = new_model(len(tokenizer), recipe)
@@ -148,9 +155,7 @@ def train_language_model(recipe: dict, *, log_every: int = 100, monitor=None):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1))
         optimise(model, optimizer, loss, step, recipe)
         losses.append(loss.item())
-        if step % log_every == 0 or step == recipe["steps"] - 1:
-            note = "" if monitor is None else "  " + monitor(model, tokenizer)
-            print(f"step {step:5d}  loss {loss.item():.3f}{note}", flush=True)
+        report(step, losses[-1], recipe, log_every, monitor, model, tokenizer)
     model.eval()
     return model, tokenizer, losses
 
@@ -200,9 +205,7 @@ def train_encoder(recipe: dict, *, log_every: int = 100, monitor=None):
         loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100)
         losses.append(loss.item())
         optimise(model, optimizer, loss, step, recipe)
-        if step % log_every == 0 or step == recipe["steps"] - 1:
-            note = "" if monitor is None else "  " + monitor(model, tokenizer)
-            print(f"step {step:5d}  loss {loss.item():.3f}{note}", flush=True)
+        report(step, losses[-1], recipe, log_every, monitor, model, tokenizer)
     model.eval()
     return model, tokenizer, losses
 
