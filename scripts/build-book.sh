@@ -4,12 +4,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Executed chapters are cached by their own text only; their outputs (and the widget code embedded in them)
-# also depend on attnlib and the vendored web files, so a change there starts the build afresh.
-inputs=$(find attnlib _extra _ext -type f \( -name '*.py' -o -name '*.js' -o -name '*.css' -o -name '*.pt' \
-         -o -name '*.json' \) -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
+# also depend on attnlib, the chapters' helpers in chapters/booktools and the vendored web files, so a change
+# there starts the build afresh.
+inputs=$(find attnlib chapters/booktools _extra _ext -type f \
+         \( -name '*.py' -o -name '*.js' -o -name '*.css' -o -name '*.pt' -o -name '*.json' \) -print0 \
+         | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 stamp=_build/.attnlib-inputs
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" != "$inputs" ]; then
-  echo "attnlib or the web assets changed since the last build: rebuilding from scratch"
+  echo "attnlib, booktools or the web assets changed since the last build: rebuilding from scratch"
   rm -rf _build
 fi
 .venv/bin/jupyter-book build --warningiserror --keep-going .

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from attnlib.reports import gpu_flash
 from attnlib.torch import flash_triton
+from booktools import gpu_flash
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_flash_gpu.py"

@@ -1,5 +1,7 @@
 """`pip install .` gives a working package: build the wheel, check its contents, import it from the wheel alone."""
 
+import ast
+import re
 import subprocess
 import sys
 import zipfile
@@ -26,6 +28,35 @@ def test_wheel_holds_every_module_and_data_file(wheel):
     wanted = [name for name in tracked if Path(name).suffix in (".py", ".js", ".css", ".json", ".pt", ".md")]
     missing = [name for name in wanted if name not in names]
     assert wanted and missing == []
+    stale = [name for name in names if name.startswith("attnlib/") and name.endswith(".py") and name not in tracked]
+    assert stale == [], "the wheel holds modules the checkout does not (a stale build/ folder?)"
+
+
+def _reaches_outside(node) -> str | None:
+    """What in this syntax node would lead a module to a file outside its own folder, if anything."""
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Attribute) and node.value.attr == "parents":
+        return ".parents[...]"
+    if isinstance(node, ast.Attribute) and node.attr == "parent" and isinstance(node.value, ast.Attribute) \
+            and node.value.attr == "parent":
+        return ".parent.parent"
+    if isinstance(node, ast.Constant) and isinstance(node.value, str) \
+            and re.search(r"(^|[/\\])\.\.([/\\]|$)|\bbenchmarks\b|\bchapters\b", node.value):
+        return repr(node.value)
+    return None
+
+
+def test_no_module_reads_files_outside_the_package():
+    # Installed from a wheel, attnlib has no checkout around it: a module that looked for benchmarks/results or a
+    # chapter through its own path would silently find nothing. Such code belongs to the book (chapters/booktools).
+    found = []
+    for path in sorted((ROOT / "attnlib").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        docstrings = {id(node.value) for node in ast.walk(tree) if isinstance(node, ast.Expr)}
+        for node in ast.walk(tree):
+            what = None if id(node) in docstrings else _reaches_outside(node)
+            if what:
+                found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {what}")
+    assert found == []
 
 
 def test_imports_from_the_wheel_alone(wheel, tmp_path):

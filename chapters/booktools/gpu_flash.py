@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+from . import RESULTS
+
 PATTERN = "flash_gpu_*.json"
 NOT_MEASURED = (
     "GPU numbers: not measured yet. No benchmarks/results/flash_gpu_*.json exists, because "

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[2] / "benchmarks" / "results" / "flash_cpu.json"
+from . import RESULTS as RESULTS_DIRECTORY
+
+RESULTS = RESULTS_DIRECTORY / "flash_cpu.json"
 LABELS = {
     "flash_numpy": "FlashAttention (attnlib.numpy)",
     "naive_numpy": "naive NumPy (N x N scores)",
