@@ -586,13 +586,13 @@ def test_kv_cache_view_bad_input_names_the_argument(make, match):
 
 def test_add_norm_view_with_residual_is_the_block_itself():
     """With the residual on, the view's wiring is exactly TransformerBlock.forward (post-LN and pre-LN)."""
-    from attnlib.widgets.add_norm_view import _block
+    from attnlib.depth import apply_block
 
     torch.manual_seed(0)
     x = torch.randn(5, 16)
     for norm_first in (False, True):
         block = at.TransformerBlock(16, 4, 32, norm_first=norm_first)
-        torch.testing.assert_close(_block(block, x, residual=True, norm_first=norm_first), block(x))
+        torch.testing.assert_close(apply_block(block, x, norm="pre" if norm_first else "post"), block(x))
 
 
 def test_add_norm_view_measures_scale_and_gradient_at_every_depth():

@@ -3,8 +3,9 @@
 Python runs one stack of attnlib.torch ``TransformerBlock``s four ways on the same input and weights -- residual
 on or off, LayerNorm after (post-LN) or before (pre-LN) each sub-layer -- and measures, at every depth, the size
 of the activations (their RMS) and of the gradient that flows back to them from a loss on the output (its dot
-product with a fixed random direction). Without the residual the message is passed along like a whisper in a
-telephone game; the browser flips between the four wirings and draws both profiles on log scales.
+product with a fixed random direction): ``attnlib.depth.depth_profile``, the same measurement chapter 6 reports.
+Without the residual the message is passed along like a whisper in a telephone game; the browser flips between
+the four wirings and draws both profiles on log scales.
 """
 
 from __future__ import annotations
@@ -20,36 +21,6 @@ from ._base import Figure, esm
 
 MAX_LAYERS = 64  # points per curve; beyond this the depth axis gets too crowded to read
 WIRINGS = [(residual, norm_first) for residual in (True, False) for norm_first in (False, True)]
-
-
-def _block(block, h, *, residual: bool, norm_first: bool):
-    """One attnlib.torch TransformerBlock with its residual additions optionally removed.
-
-    With ``residual`` this is exactly the block's own forward pass (post-LN: h = norm(h + F(h)); pre-LN:
-    h = h + F(norm(h))); without it, the ``h +`` is dropped and each sub-layer sees only its predecessor's output.
-    """
-    keep = h if residual else 0
-    if norm_first:
-        h = keep + block.attention(block.norm1(h))
-        keep = h if residual else 0
-        return keep + block.feed_forward(block.norm2(h))
-    h = block.norm1(keep + block.attention(h))
-    keep = h if residual else 0
-    return block.norm2(keep + block.feed_forward(h))
-
-
-def depth_profile(blocks, x, probe, *, residual: bool, norm_first: bool) -> dict[str, list[float]]:
-    """RMS of the activations entering each depth (0 = the input x, L = the output) and the norm of the gradient
-    of loss = sum(output * probe) with respect to them."""
-    h = x.detach().clone().requires_grad_(True)
-    states = [h]
-    for block in blocks:
-        h = _block(block, h, residual=residual, norm_first=norm_first)
-        h.retain_grad()  # keep the gradient at every depth, not only at the leaves
-        states.append(h)
-    (h * probe).sum().backward()
-    return {"activation_scale": [float(s.detach().pow(2).mean().sqrt()) for s in states],
-            "gradient_norm": [float(s.grad.norm()) for s in states]}
 
 
 def _check_profiles(profiles) -> list[dict]:
@@ -119,22 +90,14 @@ class AddNormView(Figure):
 
     @staticmethod
     def _measure(blocks, x, seed) -> list[dict]:
-        import torch
+        from ..depth import depth_profile  # imports torch, which a figure made from plain data does not need
 
         blocks = list(blocks)
-        if not blocks or not all(hasattr(b, "attention") and hasattr(b, "norm1") and hasattr(b, "feed_forward")
-                                 and isinstance(b, torch.nn.Module) for b in blocks):
-            raise TypeError("blocks must be a non-empty list of attnlib.torch.TransformerBlock")
         if len(blocks) > MAX_LAYERS:
             raise ValueError(f"blocks has {len(blocks)} layers; at most {MAX_LAYERS} can be drawn legibly")
-        x = torch.as_tensor(x, dtype=torch.float32) if not isinstance(x, torch.Tensor) else x
-        _checks.floating_array("x", x, min_ndim=2)
-        _checks.last_dim("x", x, blocks[0].attention.d_model)
-        generator = torch.Generator().manual_seed(_validate.seed(seed))
-        probe = torch.randn(x.shape, generator=generator, dtype=x.dtype)  # a fixed random direction: the "loss"
         with _models.one_torch_thread():
             return [{"residual": residual, "norm_first": norm_first,
-                     **depth_profile(blocks, x, probe, residual=residual, norm_first=norm_first)}
+                     **depth_profile(blocks, x, residual=residual, norm="pre" if norm_first else "post", seed=seed)}
                     for residual, norm_first in WIRINGS]
 
     @classmethod
