@@ -6,6 +6,9 @@
 
 The two namespaces share one vocabulary: ``q, k, v, scale, mask, causal, m, l, acc, block_q, block_k``.
 Importing ``attnlib`` alone imports neither NumPy- nor torch-heavy code; import the namespace you need.
+
+``attnlib.sizes`` counts a model's parameters, KV-cache bytes and multiply-adds from its configuration alone,
+in pure Python.
 """
 
 __version__ = "0.1.0"
