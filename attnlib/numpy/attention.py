@@ -66,7 +66,8 @@ def visible(n_q: int, n_k: int, causal: bool, *masks) -> np.ndarray | None:
 def _attention(q, k, v, allowed, scale: float):
     """The computation, on checked arguments: ``allowed`` is a boolean mask broadcastable to the scores, or None."""
     # Scale q before the product, as the FlashAttention papers do: q·k can overflow float16 when (q·scale)·k does not.
-    scores = (q * np.asarray(scale, dtype=q.dtype)) @ np.swapaxes(k, -1, -2)  # (..., n_q, n_k): query-key match
+    with np.errstate(over="ignore"):  # an overflow is reported below, by the policy of _check_scores
+        scores = (q * np.asarray(scale, dtype=q.dtype)) @ np.swapaxes(k, -1, -2)  # (..., n_q, n_k): query-key match
     if allowed is not None:
         scores = np.where(allowed, scores, -np.inf)  # -inf before softmax = exactly zero weight after
     if _settings.finite_checks():

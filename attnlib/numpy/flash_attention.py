@@ -148,9 +148,10 @@ def flash_attention(q, k, v, *, causal=False, scale=None, block_q=None, block_k=
     batch_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     output = np.empty(batch_shape + (q.shape[-2], v.shape[-1]), dtype=dtype)
     lse = np.empty(batch_shape + (q.shape[-2],), dtype=dtype)
-    for step in _steps(q, k, v, causal, scale, block_q, block_k):
-        if step.last:  # this query block has met all its keys
-            _finish(step, output, lse)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _normalise, as in attention
+        for step in _steps(q, k, v, causal, scale, block_q, block_k):
+            if step.last:  # this query block has met all its keys
+                _finish(step, output, lse)
     output = output.astype(input_dtype, copy=False)
     return (output, lse) if return_lse else output
 

@@ -14,7 +14,8 @@ class LayerNorm(FromTorch, Module):
 
     Config = LayerNormConfig
 
-    def __init__(self, d_model: int, *, eps: float = 1e-5, bias: bool = True, dtype=np.float64):
+    def __init__(self, d_model: int, *, eps: float = 1e-5, bias: bool = True, seed=None, dtype=np.float64):
+        # ``seed`` is accepted like every NumPy constructor's, though nothing here is random (gain 1, shift 0).
         self._configure(d_model=d_model, eps=eps, bias=bias)
         dtype = floating_dtype(dtype)
         self.weight = np.ones(d_model, dtype=dtype)  # gain

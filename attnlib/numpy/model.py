@@ -49,8 +49,11 @@ class TransformerLM(LanguageModelBookkeeping, Module):
             self, ids, mask=mask, key_mask=key_mask, kv_cache=kv_cache, as_array=_checks.numpy_array,
             layer_cache_class=LayerCache, kv_cache_class=KVCache,
         )
-        logits = _doors.run_transaction(kv_cache, lambda: self._forward(ids, start, causal, mask, key_mask, kv_cache))
-        return _checks.finite_result("logits", logits, producer="TransformerLM")
+        def compute():  # checked inside the transaction: a NaN born in any layer also puts the cache back
+            logits = self._forward(ids, start, causal, mask, key_mask, kv_cache)
+            return _checks.finite_result("logits", logits, producer="TransformerLM")
+
+        return _doors.run_transaction(kv_cache, compute)
 
     def _forward(self, ids, start, causal, mask, key_mask, kv_cache):
         x = self.token_embedding[ids] + self.position_embedding[start:start + ids.shape[-1]]  # (..., n, d_model)
