@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attnlib.torch import attention as at_attention
 from attnlib.torch import causal_mask, flash_attention, flash_triton
 
 pytestmark = pytest.mark.skipif(
@@ -373,3 +374,40 @@ def test_gpu_float32_is_accurate():
     for got, want in zip(ours, expected, strict=True):
         assert max_error(got, want) < 1e-4
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile numbers: the kernel follows the overflow policy of attention
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_first_key_block_of_minus_infinity_gives_the_answer_not_nan():
+    # Row 0's scores against the first 32 keys overflow to -inf in float32; its later keys are finite. The kernel
+    # starts from m = -inf, so without the guard exp2(-inf - -inf) would poison the row with NaN.
+    q = torch.zeros(1, 1, 16, 16)
+    q[..., 0] = 1e19
+    k = torch.zeros(1, 1, 64, 16)
+    k[..., :32, 0] = -1e20
+    k[..., 32:, 0] = torch.linspace(0.5, 1.5, 32)
+    v = torch.randn(1, 1, 64, 16)
+    expected, _ = at_attention(q, k, v)
+    output = flash_attention(q, k, v, backend="triton", block_q=16, block_k=32)
+    assert torch.isfinite(output).all()
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sign,words", [(1.0, r"overflowed .* to \+inf"), (-1.0, r"every visible score at -inf")])
+def test_overflow_is_refused_as_attention_refuses_it(sign, words):
+    q = torch.zeros(1, 1, 16, 16)
+    q[..., 0] = 1e20
+    with pytest.raises(OverflowError, match=words):
+        flash_attention(q, sign * q, torch.ones(1, 1, 16, 16), backend="triton")
+    with pytest.raises(OverflowError, match=words):
+        at_attention(q, sign * q, torch.ones(1, 1, 16, 16))
+
+
+def test_batch_dimensions_only_on_v():
+    q, k = torch.randn(24, 16), torch.randn(40, 16)
+    v = torch.randn(2, 3, 40, 16)
+    expected, _ = at_attention(q, k, v, causal=True)
+    torch.testing.assert_close(flash_attention(q, k, v, causal=True, backend="triton"), expected, rtol=1e-5, atol=1e-5)
