@@ -1,20 +1,33 @@
-"""Input validation shared by ``attnlib.numpy`` and ``attnlib.torch``.
+"""Argument checks for the public doors of ``attnlib.numpy`` and ``attnlib.torch``.
 
-Every public function and constructor calls these so that bad input fails early with a message that names
-the argument and shows the shapes or values seen, instead of surfacing later as a broadcasting error deep
-inside a matmul or, worse, as a silent NaN. The helpers only use what NumPy arrays and torch tensors have in
-common (``.shape``, ``.ndim``, ``.dtype``), so this module imports neither torch nor anything heavy.
+The rule is *check once, at the door*: every public function and every module's ``__call__``/``forward`` validates
+its own arguments with these helpers, then hands them to a private core (``_attention``, ``module._forward``, ...)
+that trusts them and never checks again. A model calls its layers' cores, not their doors, so a decoding step pays
+for one check of its token ids, not one per layer.
+
+Shape, dtype, type and device checks are always on. The scans that read every element -- NaN/inf in the inputs,
+overflow in the scores and outputs -- follow one switch shared by both namespaces, :func:`attnlib.set_finite_checks`
+(on by default). Messages name the argument and show the shapes, dtypes or values seen.
+
+Only what NumPy arrays and torch tensors have in common is used here (``.shape``, ``.ndim``, ``.dtype``), so this
+module imports neither torch nor anything heavy.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
+import math
 import numbers
 
 import numpy as np
 
-ACTIVATIONS = ("relu", "gelu")
+from . import _settings
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Plain numbers
+# --------------------------------------------------------------------------------------------------------------
 
 
 def positive_int(name: str, value) -> int:
@@ -37,13 +50,20 @@ def non_negative_int(name: str, value) -> int:
 def positive_float(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a positive number, got {value!r} of type {type(value).__name__}")
-    if not np.isfinite(value) or value <= 0:
+    if not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a finite positive number, got {value}")
     return float(value)
 
 
+def flag(name: str, value) -> bool:
+    """A True/False switch; 0/1 and NumPy bools are accepted, anything else (e.g. the string "no") is not."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {value!r} of type {type(value).__name__}")
+
+
 def activation(value) -> str:
-    if value not in ACTIVATIONS:
+    if not isinstance(value, str) or value not in ACTIVATIONS:
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {value!r}")
     return value
 
@@ -56,34 +76,57 @@ def divisible(d_model: int, n_heads: int) -> None:
         )
 
 
-# Set while a model runs its own layers on values it has already checked (see ``checked_inside``).
-_INSIDE_CHECKED_CALL = contextvars.ContextVar("attnlib_inside_checked_call", default=False)
+def scale(value):
+    """None (use 1/sqrt(d_k)) or a finite positive number."""
+    if value is None:
+        return None
+    return positive_float("scale", value)
 
 
-@contextlib.contextmanager
-def checked_inside():
-    """Skip the NaN/inf scans of nested layers; the caller checks what enters and what leaves.
-
-    A scan reads every element, so for a one-token decoding step it costs as much as the arithmetic itself,
-    and a model would pay it in every attention, norm and feed-forward layer. ``TransformerLM`` checks its
-    token ids on the way in and its logits on the way out (``finite_result``) instead: a NaN or infinity
-    born inside (bad weights, overflow) still raises, once. Shape and dtype checks stay on everywhere.
-    """
-    token = _INSIDE_CHECKED_CALL.set(True)
-    try:
-        yield
-    finally:
-        _INSIDE_CHECKED_CALL.reset(token)
+# --------------------------------------------------------------------------------------------------------------
+# Which namespace an array belongs to
+# --------------------------------------------------------------------------------------------------------------
 
 
-def finite_result(name: str, x, *, producer: str):
-    """Raise if the output ``x`` of ``producer`` holds NaN or infinity (a symptom of bad weights or overflow)."""
-    if not _all_finite(x):
-        raise ValueError(
-            f"{producer} produced NaN or infinity in {name} (shape {tuple(x.shape)}, dtype {x.dtype}): "
-            "its parameters hold NaN/inf or a value overflowed the dtype"
+def _is_torch(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def numpy_array(name: str, x) -> np.ndarray:
+    """``x`` as a NumPy array for ``attnlib.numpy``; a torch tensor is refused (convert it yourself, explicitly)."""
+    if _is_torch(x):
+        raise TypeError(
+            f"{name} is a torch.Tensor (shape {tuple(x.shape)}, dtype {x.dtype}); attnlib.numpy takes NumPy arrays: "
+            f"pass {name}.detach().cpu().numpy(), or use attnlib.torch"
         )
+    if x is None:
+        raise TypeError(f"{name} must be an array, got None")
+    try:
+        array = np.asarray(x)
+    except (TypeError, ValueError) as error:  # ragged nested lists and the like
+        raise TypeError(f"{name} must be an array, got {type(x).__name__} that NumPy cannot read ({error})") from None
+    if array.dtype == object:
+        raise TypeError(f"{name} must be a numeric array, got {type(x).__name__} holding Python objects")
+    return array
+
+
+def torch_tensor(name: str, x):
+    """``x`` must already be a torch tensor for ``attnlib.torch`` (NumPy arrays are refused, with the fix)."""
+    if isinstance(x, np.ndarray):
+        raise TypeError(
+            f"{name} is a NumPy array (shape {x.shape}, dtype {x.dtype}); attnlib.torch takes torch tensors: "
+            f"pass torch.from_numpy({name}), or use attnlib.numpy"
+        )
+    if not _is_torch(x) or not hasattr(x, "shape"):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type == "meta":
+        raise ValueError(f"{name} is a meta tensor (shape {tuple(x.shape)}): it has no values to compute with")
     return x
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Arrays
+# --------------------------------------------------------------------------------------------------------------
 
 
 def _is_floating(x) -> bool:
@@ -94,13 +137,13 @@ def _is_floating(x) -> bool:
 
 
 def _all_finite(x) -> bool:
-    if hasattr(x, "isfinite"):  # torch tensor: stays on its device
+    if _is_torch(x):  # stays on its device
         return bool(x.isfinite().all())
     return bool(np.isfinite(x).all())
 
 
 def floating_array(name: str, x, *, min_ndim: int = 1, finite: bool = True):
-    """Check ``x`` is a floating-point array/tensor with at least ``min_ndim`` dims and (optionally) finite."""
+    """``x`` is a floating-point array/tensor with at least ``min_ndim`` dims, not empty, and (by default) finite."""
     if not hasattr(x, "shape") or not hasattr(x, "dtype"):
         raise TypeError(f"{name} must be an array or tensor, got {type(x).__name__}")
     if not _is_floating(x):
@@ -109,15 +152,15 @@ def floating_array(name: str, x, *, min_ndim: int = 1, finite: bool = True):
         raise ValueError(f"{name} must have at least {min_ndim} dimension(s), got shape {tuple(x.shape)}")
     if any(size == 0 for size in x.shape):
         raise ValueError(f"{name} must not be empty, got shape {tuple(x.shape)}")
-    if finite and not _INSIDE_CHECKED_CALL.get() and not _all_finite(x):
-        raise ValueError(f"{name} contains NaN or infinity (shape {tuple(x.shape)})")
+    if finite and _settings.finite_checks() and not _all_finite(x):
+        raise ValueError(f"{name} contains NaN or infinity (shape {tuple(x.shape)}, dtype {x.dtype})")
     return x
 
 
 def scores(name: str, x):
     """Attention scores: floating point and finite, except -inf, which marks a masked entry."""
     floating_array(name, x, finite=False)
-    if not _INSIDE_CHECKED_CALL.get() and bool((x != x).any() | (x == float("inf")).any()):  # NaN != NaN
+    if _settings.finite_checks() and bool((x != x).any() | (x == float("inf")).any()):  # NaN != NaN
         raise ValueError(f"{name} contains NaN or +inf (shape {tuple(x.shape)}); only -inf (masked) is allowed")
     return x
 
@@ -131,6 +174,26 @@ def same_dtype(**arrays) -> None:
     dtypes = {name: a.dtype for name, a in arrays.items()}
     if len(set(dtypes.values())) > 1:
         raise TypeError("dtypes must match, got " + ", ".join(f"{n}: {d}" for n, d in dtypes.items()))
+
+
+def same_device(**tensors) -> None:
+    devices = {name: t.device for name, t in tensors.items()}
+    if len(set(devices.values())) > 1:
+        raise ValueError("tensors must be on one device, got " + ", ".join(f"{n}: {d}" for n, d in devices.items()))
+
+
+def module_input(name: str, x, *, width: int, dtype, device=None, min_ndim: int = 1):
+    """The input of a module: floating, finite, last dimension ``width``, and the module's own dtype (and device)."""
+    floating_array(name, x, min_ndim=min_ndim)
+    last_dim(name, x, width)
+    if x.dtype != dtype:
+        raise TypeError(
+            f"{name} has dtype {x.dtype} but the module's parameters are {dtype}: convert one to the other "
+            f"(shape {tuple(x.shape)})"
+        )
+    if device is not None and x.device != device:
+        raise ValueError(f"{name} is on {x.device} but the module's parameters are on {device}")
+    return x
 
 
 def broadcast_shape(name: str, shape, target, *, what: str) -> None:
@@ -157,32 +220,82 @@ def qkv(q, k, v):
         np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
     except ValueError:
         raise ValueError(f"batch dimensions of q, k and v do not broadcast, got {shapes}") from None
+    if _is_torch(q):
+        same_device(q=q, k=k, v=v)
+
+
+def causal_fits(causal: bool, n_q: int, n_k: int, shapes: str) -> bool:
+    causal = flag("causal", causal)
+    if causal and n_k < n_q:
+        raise ValueError(f"causal attention needs n_k >= n_q (queries are the last n_q positions), got {shapes}")
+    return causal
+
+
+def _boolean(name: str, m, convention: str) -> None:
+    if not hasattr(m, "shape") or not hasattr(m, "dtype"):
+        raise TypeError(f"{name} must be a boolean array or tensor, got {type(m).__name__}")
+    if str(m.dtype) not in ("bool", "torch.bool"):
+        raise TypeError(f"{name} must be boolean ({convention}), got dtype {m.dtype}")
 
 
 def mask(m, target) -> None:
     """A mask must be boolean (True = may attend) and broadcast to the scores' shape ``target``."""
-    if not hasattr(m, "shape") or not hasattr(m, "dtype"):
-        raise TypeError(f"mask must be a boolean array or tensor, got {type(m).__name__}")
-    is_bool = str(m.dtype) in ("bool", "torch.bool")
-    if not is_bool:
-        raise TypeError(f"mask must be boolean (True = may attend), got dtype {m.dtype}")
+    _boolean("mask", m, "True = may attend")
     broadcast_shape("mask", m.shape, target, what="the attention scores (..., n_q, n_k)")
 
 
-def scale(value):
-    if value is None:
-        return None
-    return positive_float("scale", value)
+def key_mask(m, batch_shape, n_k: int) -> None:
+    """A key mask is boolean (..., n_k), True = a real token that may be attended; ... broadcasts to the batch."""
+    _boolean(
+        "key_mask", m,
+        "True = a real token that may be attended, as in mask; note that PyTorch's key_padding_mask is the "
+        "opposite, True = ignore: pass ~key_padding_mask",
+    )
+    if m.ndim < 1 or m.shape[-1] != n_k:
+        raise ValueError(f"key_mask must have shape (..., n_k) with n_k = {n_k} keys, got shape {tuple(m.shape)}")
+    broadcast_shape("key_mask", m.shape[:-1], batch_shape, what="the batch dimensions")
 
 
 def token_ids(name: str, ids, vocab_size: int) -> None:
     if not hasattr(ids, "shape") or not hasattr(ids, "dtype"):
         raise TypeError(f"{name} must be an integer array or tensor, got {type(ids).__name__}")
     dtype = str(ids.dtype)
-    if "int" not in dtype:
-        raise TypeError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
+    if "int" not in dtype or dtype in ("uint8", "torch.uint8"):
+        # torch reads a uint8 index tensor as a boolean mask, not as ids: refuse it in both namespaces.
+        raise TypeError(f"{name} must hold integer token ids (int16/int32/int64), got dtype {ids.dtype}")
     if ids.ndim < 1 or ids.shape[-1] == 0:
         raise ValueError(f"{name} must be a non-empty sequence of token ids, got shape {tuple(ids.shape)}")
     low, high = int(ids.min()), int(ids.max())
     if low < 0 or high >= vocab_size:
         raise ValueError(f"{name} must lie in [0, {vocab_size}), got values from {low} to {high}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Results: what the cores report back (one policy for attention and flash_attention)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def finite_result(name: str, x, *, producer: str):
+    """Raise if the output ``x`` of ``producer`` holds NaN or infinity (a symptom of bad weights or overflow)."""
+    if _settings.finite_checks() and not _all_finite(x):
+        raise ValueError(
+            f"{producer} produced NaN or infinity in {name} (shape {tuple(x.shape)}, dtype {x.dtype}): "
+            "its parameters hold NaN/inf or a value overflowed the dtype"
+        )
+    return x
+
+
+OVERFLOW_HINT = "q and k are too large for this dtype: scale them down or compute in a wider dtype"
+
+
+def scores_overflowed(dtype) -> OverflowError:
+    """Scores reached +inf (or NaN): the softmax has no finite answer to give."""
+    return OverflowError(f"the scores q·kᵀ·scale overflowed {dtype} to +inf or NaN; {OVERFLOW_HINT}")
+
+
+def scores_underflowed(dtype, n_rows: int) -> OverflowError:
+    """Every visible score of a row is -inf although the row is not masked: its weights are undefined."""
+    return OverflowError(
+        f"{n_rows} query row(s) have every visible score at -inf in {dtype} (overflow of q·kᵀ·scale), though no "
+        f"mask hides all their keys; {OVERFLOW_HINT}"
+    )

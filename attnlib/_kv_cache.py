@@ -2,6 +2,11 @@
 
 During decoding, the keys and values of past positions never change, so each layer keeps them and the next
 step computes k and v for the one new token only, instead of re-projecting the whole sequence.
+
+Updates are all-or-nothing. ``LayerCache.append`` checks the new keys and values together before it stores
+either; a model checks everything it can before its first layer appends, and if a layer still fails part-way it
+puts every layer back as it was (``KVCache.snapshot``/``restore``), so that the next valid call sees a cache
+that never heard of the failed one.
 """
 
 from __future__ import annotations
@@ -20,6 +25,10 @@ class LayerCache:
     def _nbytes(x) -> int:
         raise NotImplementedError
 
+    @staticmethod
+    def _as_array(name: str, x):  # overridden per backend: the namespace's own array type
+        raise NotImplementedError
+
     def __init__(self):
         self.keys = None
         self.values = None
@@ -28,15 +37,42 @@ class LayerCache:
     def length(self) -> int:
         return 0 if self.keys is None else self.keys.shape[-2]
 
+    def check_extends(self, k_shape, v_shape, dtype, device=None) -> None:
+        """Raise unless new keys/values of these shapes and dtype can be appended to what is cached."""
+        k_shape, v_shape = tuple(k_shape), tuple(v_shape)
+        if len(k_shape) < 2 or k_shape[:-1] != v_shape[:-1]:
+            raise ValueError(
+                f"k and v must share their batch dimensions and number of positions, got k {k_shape} and v {v_shape}"
+            )
+        if self.keys is None:
+            return
+        cached = f"the cached keys {tuple(self.keys.shape)} and values {tuple(self.values.shape)}"
+        if k_shape[:-2] != tuple(self.keys.shape[:-2]) or k_shape[-1] != self.keys.shape[-1]:
+            raise ValueError(f"k of shape {k_shape} does not extend {cached}")
+        if v_shape[-1] != self.values.shape[-1]:
+            raise ValueError(f"v of shape {v_shape} does not extend {cached}")
+        if dtype != self.keys.dtype:
+            raise TypeError(f"new keys and values have dtype {dtype}, the cache holds {self.keys.dtype}")
+        if device is not None and device != self.keys.device:
+            raise ValueError(f"new keys and values are on {device}, the cache is on {self.keys.device}")
+
     def append(self, k, v):
-        """Add the new positions' k and v; return all keys and values so far (the new ones last)."""
+        """Add the new positions' k and v; return all keys and values so far (the new ones last).
+
+        Both are checked before either is stored: a refused call leaves the cache as it was.
+        """
+        k, v = self._as_array("k", k), self._as_array("v", v)
+        for name, x in (("k", k), ("v", v)):
+            _checks.floating_array(name, x, min_ndim=2)
+        _checks.same_dtype(k=k, v=v)
+        self.check_extends(k.shape, v.shape, k.dtype, getattr(k, "device", None))
+        return self._append(k, v)
+
+    def _append(self, k, v):
+        """``append`` on arguments that a caller already checked (``check_extends``)."""
         if self.keys is None:
             self.keys, self.values = k, v
         else:
-            if k.shape[:-2] != self.keys.shape[:-2] or k.shape[-1] != self.keys.shape[-1]:
-                raise ValueError(
-                    f"k of shape {tuple(k.shape)} does not extend the cached keys of shape {tuple(self.keys.shape)}"
-                )
             self.keys = self._concatenate(self.keys, k)
             self.values = self._concatenate(self.values, v)
         return self.keys, self.values
@@ -67,3 +103,12 @@ class KVCache:
     @property
     def nbytes(self) -> int:
         return sum(layer.nbytes for layer in self.layers)
+
+    def snapshot(self) -> list:
+        """What every layer holds now. Appending builds new arrays, so keeping the old references is enough."""
+        return [(layer.keys, layer.values) for layer in self.layers]
+
+    def restore(self, snapshot: list) -> None:
+        """Put every layer back as it was when ``snapshot`` was taken."""
+        for layer, (keys, values) in zip(self.layers, snapshot, strict=True):
+            layer.keys, layer.values = keys, values

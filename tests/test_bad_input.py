@@ -48,13 +48,13 @@ CASES = [
     ("mask not boolean", lambda: at.attention(_t(3, 4), _t(3, 4), _t(3, 4), mask=torch.ones(3, 3)), TypeError,
      r"mask must be boolean .* got dtype torch.float32"),
     ("mask a list", lambda: at.attention(_t(3, 4), _t(3, 4), _t(3, 4), mask=[[True]]), TypeError,
-     r"mask must be a boolean array or tensor, got list"),
+     r"mask must be a torch.Tensor, got list"),
     ("negative scale", lambda: anp.attention(_np(3, 4), _np(3, 4), _np(3, 4), scale=-1.0), ValueError,
      r"scale must be a finite positive number, got -1.0"),
     ("causal with n_k < n_q", lambda: anp.attention(_np(5, 4), _np(3, 4), _np(3, 4), causal=True), ValueError,
      r"causal attention needs n_k >= n_q.*\(5, 4\).*\(3, 4\)"),
     ("q not an array", lambda: at.attention([[1.0]], _t(1, 1), _t(1, 1)), TypeError,
-     r"q must be an array or tensor, got list"),
+     r"q must be a torch.Tensor, got list"),
     # causal_mask
     ("causal_mask zero", lambda: anp.causal_mask(0), ValueError, r"n_q must be a positive integer, got 0"),
     ("causal_mask float", lambda: at.causal_mask(2.5), TypeError, r"n_q must be a positive integer, got 2.5"),
@@ -66,7 +66,7 @@ CASES = [
      r"d_model must be a positive integer, got -8"),
     ("zero heads", lambda: anp.MultiHeadAttention(8, 0), ValueError, r"n_heads must be a positive integer, got 0"),
     ("unknown activation", lambda: at.FeedForward(8, 16, activation="swish"), ValueError,
-     r"activation must be one of \('relu', 'gelu'\), got 'swish'"),
+     r"activation must be one of \('relu', 'gelu', 'gelu_tanh'\), got 'swish'"),
     ("unknown activation (block)", lambda: anp.TransformerBlock(8, 2, 16, activation="tanh"), ValueError,
      r"activation must be one of .* got 'tanh'"),
     ("negative d_ff", lambda: anp.FeedForward(8, -1), ValueError, r"d_ff must be a positive integer, got -1"),
@@ -87,7 +87,7 @@ CASES = [
     ("LayerNorm NaN", lambda: at.LayerNorm(4).double()(torch.full((2, 4), float("nan"), dtype=torch.float64)),
      ValueError, r"x contains NaN"),
     ("LM float ids", lambda: at.TransformerLM(10, 8, 2, 16, 1, 32)(torch.ones(1, 3)), TypeError,
-     r"ids must hold integer token ids, got dtype torch.float32"),
+     r"ids must hold integer token ids \(int16/int32/int64\), got dtype torch.float32"),
     ("LM id out of vocab", lambda: anp.TransformerLM(10, 8, 2, 16, 1, 32)(np.array([[1, 12]])), ValueError,
      r"ids must lie in \[0, 10\), got values from 1 to 12"),
     ("LM empty prompt", lambda: at.TransformerLM(10, 8, 2, 16, 1, 32)(torch.ones(1, 0, dtype=torch.long)), ValueError,
@@ -101,14 +101,14 @@ CASES = [
     ("generate with encoder", lambda: at.TransformerLM(10, 8, 2, 16, 1, 8, causal=False).generate(
         torch.zeros(1, 2, dtype=torch.long), 1), ValueError, r"generate needs a causal model"),
     ("cache shape clash", lambda: _cache_with(_np(2, 3, 4)).append(_np(3, 1, 4), _np(3, 1, 4)), ValueError,
-     r"k of shape \(3, 1, 4\) does not extend the cached keys of shape \(2, 3, 4\)"),
+     r"k of shape \(3, 1, 4\) does not extend the cached keys \(2, 3, 4\)"),
     # from_torch
     ("from_torch wrong class", lambda: at.MultiHeadAttention.from_torch(torch.nn.Linear(4, 4)), TypeError,
      r"module must be a torch.nn.MultiheadAttention, got Linear"),
     ("from_torch wrong layer", lambda: at.TransformerBlock.from_torch(torch.nn.LayerNorm(4)), TypeError,
-     r"layer must be a torch.nn.TransformerEncoderLayer, got LayerNorm"),
-    ("numpy from_torch of torch.nn", lambda: anp.LayerNorm.from_torch(torch.nn.LayerNorm(4)), TypeError,
-     r"from_torch expects an attnlib.torch module, got LayerNorm"),
+     r"module must be a torch.nn.TransformerEncoderLayer, got LayerNorm"),
+    ("numpy from_torch of an attnlib.torch module", lambda: anp.LayerNorm.from_torch(at.LayerNorm(4)), TypeError,
+     r"from_torch takes a torch.nn module; to convert an attnlib.torch LayerNorm use LayerNorm.from_twin"),
 ]
 
 
@@ -138,14 +138,14 @@ def _model_with_a_nan_weight(module):
 
 @pytest.mark.parametrize("module", [anp, at], ids=["numpy", "torch"])
 def test_a_nan_born_inside_the_model_is_caught_once_at_its_output(module):
-    # Inside TransformerLM the layers skip their NaN scans; the model checks its logits instead.
+    # The layers inside TransformerLM run their cores, which do not scan; the model checks its logits instead.
     model = _model_with_a_nan_weight(module)
     ids = np.array([[1, 2, 3]]) if module is anp else torch.tensor([[1, 2, 3]])
     with pytest.raises(ValueError, match=r"TransformerLM produced NaN or infinity in logits \(shape \(1, 3, 11\)"):
         model(ids)
     with pytest.raises(ValueError, match=r"TransformerLM produced NaN"):
         model.generate(ids, 2)
-    # The skip ends with the model call: a layer called on its own scans its input again, even after the error.
+    # A layer called on its own goes through its own door and scans its input.
     x = np.full((1, 2, 8), np.nan) if module is anp else torch.full((1, 2, 8), float("nan"))
     with pytest.raises(ValueError, match=r"x contains NaN or infinity"):
         model.blocks[0].norm1(x)

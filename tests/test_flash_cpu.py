@@ -73,10 +73,10 @@ def test_extreme_logits_are_finite_and_correct(causal):
 @given(problems(max_n=12), st.integers(1, 5), st.integers(1, 5))
 def test_trace_invariants(problem, block_q, block_k):
     q, k, v, causal = problem
-    trace = FlashTrace()
-    output, lse = flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k, trace=trace,
-                                  return_lse=True)
-    np.testing.assert_array_equal(output, flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k))
+    trace = FlashTrace.record(q, k, v, causal=causal, block_q=block_q, block_k=block_k)
+    output, lse = flash_attention(q, k, v, causal=causal, block_q=block_q, block_k=block_k, return_lse=True)
+    np.testing.assert_array_equal(output, trace.output)  # the trace is built from the very same loop
+    np.testing.assert_array_equal(lse, trace.lse)
     scores = naive_scores(q, k, causal)
     n_q, n_k = q.shape[-2], k.shape[-2]
     n_blocks_q, n_blocks_k = -(-n_q // block_q), -(-n_k // block_k)
@@ -175,7 +175,7 @@ def _qkv(n_q=4, n_k=4, d=3):
         (lambda: flash_attention(*_qkv(n_q=5, n_k=4), causal=True), ValueError, "n_k >= n_q"),
         (lambda: flash_attention(*_qkv(), scale=-1.0), ValueError, "scale"),
         (lambda: flash_attention(np.ones((4, 3), int), np.ones((4, 3)), np.ones((4, 3))), TypeError, "floating"),
-        (lambda: flash_attention(*_qkv(), trace=[]), TypeError, "FlashTrace"),
+        (lambda: flash_attention(*_qkv(), return_lse="yes"), TypeError, "return_lse must be True or False"),
         (lambda: flash_attention_backward(*_qkv(), np.ones((4, 3)), np.ones(5), np.ones((4, 3))), ValueError, "lse"),
         (lambda: flash_attention_backward(*_qkv(), np.ones((4, 2)), np.ones(4), np.ones((4, 3))), ValueError, "output"),
         (lambda: flash_attention_backward(*_qkv(), np.ones((4, 3)), np.ones(4), np.ones((4, 3)), block_q=0),

@@ -85,7 +85,7 @@ def test_half_precision_accumulates_in_float32():
 
 def test_auto_picks_torch_on_cpu():
     q = torch.randn(4, 16)
-    assert _resolve_backend("auto", q, q, q) == "torch"
+    assert _resolve_backend("auto", q, q, q, None, None) == ("torch", 128, 1024)
     torch.testing.assert_close(flash_attention(q, q, q), flash_attention(q, q, q, backend="torch"), rtol=0, atol=0)
 
 
@@ -121,7 +121,8 @@ def _qkv(n_q=4, n_k=4, d=3):
         (lambda: flash_attention(*_qkv(), backend="torch", block_q=0), ValueError, "block_q must be a positive"),
         (lambda: flash_attention(*_qkv(), block_k=-1), ValueError, "block_k must be a positive"),
         (lambda: flash_attention(*_qkv(), backend="cuda"), ValueError, "backend must be one of"),
-        (lambda: flash_attention(np.ones((4, 3)), *_qkv()[1:]), TypeError, "q must be a torch.Tensor"),
+        (lambda: flash_attention(np.ones((4, 3)), *_qkv()[1:]), TypeError,
+             "q is a NumPy array.*attnlib.torch takes torch tensors"),
         (lambda: flash_attention(torch.ones(4, 3), torch.ones(4, 2), torch.ones(4, 3)), ValueError, "d_k"),
         (lambda: flash_attention(torch.ones(3), torch.ones(4, 3), torch.ones(4, 3)), ValueError, "dimension"),
         (lambda: flash_attention(*_qkv(n_q=5), causal=True), ValueError, "n_k >= n_q"),

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attnlib.torch import attention as at_attention
 from attnlib.torch import causal_mask, flash_attention, flash_triton
 
 pytestmark = pytest.mark.skipif(
@@ -201,46 +202,49 @@ def good_inputs(n_q=8, n_k=8, d=16):
     return [torch.randn(1, 2, n, d) for n in (n_q, n_k, n_k)]
 
 
+def triton(q, k, v, **options):
+    return flash_attention(q, k, v, backend="triton", **options)
+
+
+# The public door checks once; flash_triton.check_supported adds what only the kernel cannot do.
 @pytest.mark.parametrize(
     ("change", "error", "words"),
     [
         (lambda q, k, v: (q[..., :12], k[..., :12], v[..., :12]), ValueError, "head dimension"),
+        (lambda q, k, v: (q, k, v[..., :8]), ValueError, "head dimension"),
         (lambda q, k, v: (q.double(), k.double(), v.double()), TypeError, "float32, float16 or bfloat16"),
+        (lambda q, k, v: (q.bfloat16(), k.bfloat16(), v.bfloat16()), TypeError, "bfloat16 under Triton's CPU interp"),
         (lambda q, k, v: (q, k.half(), v), TypeError, "dtypes must match"),
-        (lambda q, k, v: (q, k[:1, :1], v[:1, :1]), ValueError, "leading"),
-        (lambda q, k, v: (q[0, 0], k[0, 0], v[0, 0]), ValueError, "at least 3 dimension"),
+        (lambda q, k, v: (q[0, 0, 0], k, v), ValueError, "q must have at least 2 dimension"),
         (lambda q, k, v: (q, k, v[..., :4, :]), ValueError, "same number of positions"),
-        (lambda q, k, v: (q, k, v.numpy()), TypeError, "torch tensors"),
+        (lambda q, k, v: (q, k, v.numpy()), TypeError, "v is a NumPy array"),
     ],
 )
 def test_bad_tensors_raise_naming_the_problem(change, error, words):
     q, k, v = change(*good_inputs())
+    if not flash_triton.interpreted() and q.dtype == torch.bfloat16:
+        pytest.skip("bfloat16 is refused only under the interpreter")
     with pytest.raises(error, match=words):
-        flash_triton.forward(q, k, v, False, 0.25)
+        triton(q, k, v)
 
 
 def test_bad_arguments_raise_naming_the_argument():
     q, k, v = good_inputs(n_q=8, n_k=4)
     with pytest.raises(ValueError, match="n_k >= n_q"):
-        flash_triton.forward(q, k, v, True, 0.25)
+        triton(q, k, v, causal=True)
     q, k, v = good_inputs()
     with pytest.raises(ValueError, match="scale"):
-        flash_triton.forward(q, k, v, False, -1.0)
-    with pytest.raises(TypeError, match="causal"):
-        flash_triton.forward(q, k, v, 1, 0.25)
-    with pytest.raises(ValueError, match="block_q"):
-        flash_triton.forward(q, k, v, False, 0.25, block_q=24)
-    output, lse = flash_triton.forward(q, k, v, False, 0.25)
-    with pytest.raises(ValueError, match="lse"):
-        flash_triton.backward(q, k, v, output, lse[..., :3], output, False, 0.25)
-    with pytest.raises(ValueError, match="grad_output"):
-        flash_triton.backward(q, k, v, output, lse, output[..., :3, :], False, 0.25)
+        triton(q, k, v, scale=-1.0)
+    with pytest.raises(TypeError, match="causal must be True or False"):
+        triton(q, k, v, causal="yes")
+    with pytest.raises(ValueError, match="block_q must be a power of two >= 16"):
+        triton(q, k, v, block_q=24)
 
 
 def test_cpu_tensors_without_the_interpreter_are_refused(monkeypatch):
     monkeypatch.setattr(flash_triton, "interpreted", lambda: False)
     with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
-        flash_triton.forward(*good_inputs(), False, 0.25)
+        triton(*good_inputs())
 
 
 def test_attnlib_imports_without_triton_and_says_why_triton_is_needed():
@@ -252,7 +256,7 @@ def test_attnlib_imports_without_triton_and_says_why_triton_is_needed():
         "assert not flash_triton.available()\n"
         "q = torch.randn(1, 1, 4, 16)\n"
         "try:\n"
-        "    flash_triton.forward(q, q, q, False, 0.25)\n"
+        "    attnlib.torch.flash_attention(q, q, q, backend='triton')\n"
         "except ImportError as error:\n"
         "    print(error)\n"
     )
@@ -370,3 +374,40 @@ def test_gpu_float32_is_accurate():
     for got, want in zip(ours, expected, strict=True):
         assert max_error(got, want) < 1e-4
 
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Hostile numbers: the kernel follows the overflow policy of attention
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_a_first_key_block_of_minus_infinity_gives_the_answer_not_nan():
+    # Row 0's scores against the first 32 keys overflow to -inf in float32; its later keys are finite. The kernel
+    # starts from m = -inf, so without the guard exp2(-inf - -inf) would poison the row with NaN.
+    q = torch.zeros(1, 1, 16, 16)
+    q[..., 0] = 1e19
+    k = torch.zeros(1, 1, 64, 16)
+    k[..., :32, 0] = -1e20
+    k[..., 32:, 0] = torch.linspace(0.5, 1.5, 32)
+    v = torch.randn(1, 1, 64, 16)
+    expected, _ = at_attention(q, k, v)
+    output = flash_attention(q, k, v, backend="triton", block_q=16, block_k=32)
+    assert torch.isfinite(output).all()
+    torch.testing.assert_close(output, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("sign,words", [(1.0, r"overflowed .* to \+inf"), (-1.0, r"every visible score at -inf")])
+def test_overflow_is_refused_as_attention_refuses_it(sign, words):
+    q = torch.zeros(1, 1, 16, 16)
+    q[..., 0] = 1e20
+    with pytest.raises(OverflowError, match=words):
+        flash_attention(q, sign * q, torch.ones(1, 1, 16, 16), backend="triton")
+    with pytest.raises(OverflowError, match=words):
+        at_attention(q, sign * q, torch.ones(1, 1, 16, 16))
+
+
+def test_batch_dimensions_only_on_v():
+    q, k = torch.randn(24, 16), torch.randn(40, 16)
+    v = torch.randn(2, 3, 40, 16)
+    expected, _ = at_attention(q, k, v, causal=True)
+    torch.testing.assert_close(flash_attention(q, k, v, causal=True, backend="triton"), expected, rtol=1e-5, atol=1e-5)

@@ -122,7 +122,7 @@ def test_explorer_from_model_holds_every_layer_and_head_of_attnlib():
 def test_explorer_from_torch_model_equals_its_numpy_twin():
     torch.manual_seed(0)
     model = at.TransformerLM(vocab_size=20, d_model=16, n_heads=2, d_ff=32, n_layers=2, max_len=16)
-    twin = an.TransformerLM.from_torch(model)
+    twin = an.TransformerLM.from_twin(model)
     tokens, ids = list("wxyz"), np.array([3, 4, 5, 6])
     from_torch = AttentionExplorer.from_model(model, tokens, torch.tensor(ids))
     from_numpy = AttentionExplorer.from_model(twin, tokens, ids)
@@ -356,8 +356,8 @@ def qkv(n_q=5, n_k=7, d=3, seed=0):
 def test_tile_stepper_state_is_the_flash_trace(causal):
     q, k, v = qkv()
     stepper = TileStepper.from_qkv(q, k, v, block_q=2, block_k=3, causal=causal)
-    trace = FlashTrace()
-    output = flash_attention(q, k, v, block_q=2, block_k=3, causal=causal, trace=trace)
+    trace = FlashTrace.record(q, k, v, block_q=2, block_k=3, causal=causal)
+    output = flash_attention(q, k, v, block_q=2, block_k=3, causal=causal)
     assert len(stepper.steps) == len(trace.steps) and stepper.skipped == [list(t) for t in trace.skipped]
     for shown, step in zip(stepper.steps, trace.steps, strict=True):
         assert (shown["i"], shown["j"]) == (step.i, step.j)
@@ -377,8 +377,7 @@ def test_tile_stepper_state_is_the_flash_trace(causal):
 
 def test_tile_stepper_from_a_trace_or_its_dict():
     q, k, v = qkv()
-    trace = FlashTrace()
-    flash_attention(q, k, v, block_q=3, block_k=2, trace=trace)
+    trace = FlashTrace.record(q, k, v, block_q=3, block_k=2)
     reference, _ = an.attention(q, k, v)
     from_trace = TileStepper(trace, reference)
     from_dict = TileStepper(trace.to_dict(), reference)
@@ -422,8 +421,7 @@ def test_tile_stepper_bad_input_names_the_argument(make, match):
 
 def _trace_and_reference():
     q, k, v = qkv()
-    trace = FlashTrace()
-    flash_attention(q, k, v, block_q=2, block_k=2, trace=trace)
+    trace = FlashTrace.record(q, k, v, block_q=2, block_k=2)
     return trace, an.attention(q, k, v)[0][:, :2]  # a reference of the wrong shape
 
 
@@ -447,12 +445,12 @@ def test_exam_grader_notes_are_attnlib_online_softmax():
     assert len(grader.batches) == 3
     for note, state in zip(grader.batches, states, strict=True):
         assert note["m_new"] == pytest.approx(float(state.m)) and note["l_new"] == pytest.approx(float(state.l))
-        assert note["l_new"] == pytest.approx(note["l_old"] * note["factor"] + note["batch_sum"])
+        assert note["l_new"] == pytest.approx(note["l_old"] * note["rescale"] + note["batch_sum"])
     first, second, third = grader.batches
-    assert first["m_old"] is None and first["factor"] == 0.0 and first["m_new"] == 80
+    assert first["m_old"] is None and first["rescale"] == 0.0 and first["m_new"] == 80
     assert second["m_old"] == 80 and second["m_new"] == 90
-    assert second["factor"] == pytest.approx(np.exp(80 - 90))  # the one correction factor of the story
-    assert third["factor"] == 1.0  # no new best: nothing to correct
+    assert second["rescale"] == pytest.approx(np.exp(80 - 90))  # the one rescale factor of the story
+    assert third["rescale"] == 1.0  # no new best: nothing to correct
     np.testing.assert_allclose(grader.shares, an.softmax(np.array(marks)), atol=ROUNDING)
     assert grader.max_error < 1e-15
 
@@ -467,7 +465,7 @@ def test_exam_grader_story_and_recompute():
     assert grader.marks == same_papers and len(grader.batches) == 5
     grader.batch_size = 10
     grader.temperature = 10.0
-    assert grader.batches[1]["factor"] == pytest.approx(np.exp((80 - 90) / 10))
+    assert grader.batches[1]["rescale"] == pytest.approx(np.exp((80 - 90) / 10))
     np.testing.assert_allclose(grader.shares, an.softmax(np.array(same_papers) / 10), atol=ROUNDING)
     grader.seed = 5
     assert grader.marks != same_papers and grader.marks == ExamGrader.story(seed=5).marks

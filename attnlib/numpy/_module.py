@@ -1,16 +1,22 @@
-"""A minimal module base for the NumPy reference: named parameters and weight transfer from ``attnlib.torch``.
+"""A minimal module base for the NumPy reference: named parameters, weight transfer, and the twin conversions.
 
 NumPy has no ``nn.Module``; this gives the reference classes just enough of one (``named_parameters``,
-``load_state_dict``, ``from_torch``) that a chapter can copy weights from the Torch twin and show that both
-compute the same numbers. Parameter names are the Torch ``state_dict`` keys, on purpose.
+``load_state_dict``, ``from_twin``, ``from_torch``) that a chapter can copy weights from the Torch twin or from a
+PyTorch built-in and show that both compute the same numbers. Parameter names are the Torch ``state_dict`` keys,
+on purpose: the state dicts of the two twins are interchangeable.
+
+Seeding follows NumPy's convention: constructors take ``seed`` (an int or a ``np.random.Generator``); the torch
+twin follows PyTorch's and draws from ``torch.manual_seed``'s global generator.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
+from .._config import Configured
 
-class Module:
+
+class Module(Configured):
     """Holds parameters (NumPy arrays) as attributes and sub-modules as attributes or lists."""
 
     def named_parameters(self, prefix: str = ""):
@@ -27,6 +33,11 @@ class Module:
 
     def state_dict(self) -> dict[str, np.ndarray]:
         return dict(self.named_parameters())
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of the parameters (all share one); inputs must have it too."""
+        return next(iter(self.named_parameters()))[1].dtype
 
     def load_state_dict(self, state: dict) -> None:
         """Copy arrays into this module's parameters; names and shapes must match exactly."""
@@ -52,13 +63,44 @@ class Module:
         return sum(p.size for _, p in self.named_parameters())
 
     @classmethod
-    def from_torch(cls, module, *, dtype=np.float64):
-        """Build the NumPy twin of an ``attnlib.torch`` module: same configuration, same weights."""
-        if not hasattr(module, "config") or not hasattr(module, "state_dict"):
-            raise TypeError(f"from_torch expects an attnlib.torch module, got {type(module).__name__}")
-        twin = cls(**module.config(), dtype=dtype)
-        twin.load_state_dict({name: t.detach().cpu().double().numpy() for name, t in module.state_dict().items()})
+    def from_twin(cls, module, *, dtype=None):
+        """The NumPy twin of an ``attnlib.torch`` module of the same class: same configuration, same weights.
+
+        ``dtype``: of the new parameters; None keeps the source's (float32 stays float32).
+        """
+        twin_class = type(module)
+        if twin_class.__name__ != cls.__name__ or not twin_class.__module__.startswith("attnlib.torch"):
+            raise TypeError(
+                f"from_twin expects an attnlib.torch.{cls.__name__}, got {twin_class.__module__}.{twin_class.__name__}"
+            )
+        state = {name: t.detach().cpu() for name, t in module.state_dict().items()}
+        if dtype is None:
+            source = str(next(iter(state.values())).dtype).removeprefix("torch.")
+            if source == "bfloat16":
+                raise TypeError("module holds bfloat16, which NumPy lacks: pass dtype=np.float32 (or np.float64)")
+            dtype = source
+        twin = cls(**module.config(), dtype=floating_dtype(dtype))
+        twin.load_state_dict({name: t.double().numpy() for name, t in state.items()})
         return twin
+
+
+class FromTorch:
+    """Mixin for the classes that have a PyTorch built-in counterpart (MHA, FeedForward, LayerNorm, block)."""
+
+    @classmethod
+    def from_torch(cls, module, *, dtype=None):
+        """Build from the PyTorch built-in that ``attnlib.torch.<same class>.from_torch`` accepts.
+
+        Everything ``attnlib.torch`` refuses (options it cannot express) is refused here too, with the same message.
+        """
+        from .. import torch as torch_twins  # lazy: attnlib.numpy does not need torch otherwise
+
+        if type(module).__module__.startswith("attnlib."):
+            raise TypeError(
+                f"from_torch takes a torch.nn module; to convert an attnlib.torch {type(module).__name__} use "
+                f"{cls.__name__}.from_twin"
+            )
+        return cls.from_twin(getattr(torch_twins, cls.__name__).from_torch(module), dtype=dtype)
 
 
 def uniform(rng: np.random.Generator, fan_in: int, shape, dtype) -> np.ndarray:
@@ -69,3 +111,14 @@ def uniform(rng: np.random.Generator, fan_in: int, shape, dtype) -> np.ndarray:
 
 def make_rng(seed) -> np.random.Generator:
     return seed if isinstance(seed, np.random.Generator) else np.random.default_rng(seed)
+
+
+def floating_dtype(dtype) -> np.dtype:
+    """The ``dtype`` argument of a constructor, checked: a NumPy floating-point dtype."""
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be a NumPy floating-point dtype, got {dtype!r}") from None
+    if dtype.kind != "f":
+        raise TypeError(f"dtype must be a NumPy floating-point dtype, got {dtype}")
+    return dtype

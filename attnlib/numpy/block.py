@@ -4,34 +4,54 @@ from __future__ import annotations
 
 import numpy as np
 
+from .. import _checks, _doors
 from .._bookkeeping import BlockBookkeeping
-from ._module import Module, make_rng
+from .._config import TransformerBlockConfig
+from ._module import FromTorch, Module, floating_dtype, make_rng
 from .feedforward import FeedForward
+from .kv_cache import KVCache, LayerCache
 from .layernorm import LayerNorm
 from .multihead import MultiHeadAttention
 
 
-class TransformerBlock(BlockBookkeeping, Module):
+class TransformerBlock(BlockBookkeeping, FromTorch, Module):
     """Post-LN by default, x = norm(x + sublayer(x)); pre-LN with ``norm_first=True``, x = x + sublayer(norm(x)).
 
     Attribute names follow ``torch.nn.TransformerEncoderLayer`` (``norm1``, ``norm2``, ``norm_first``).
     """
 
-    def __init__(self, d_model: int, n_heads: int, d_ff: int, *, norm_first: bool = False,
-                 activation: str = "relu", eps: float = 1e-5, seed=None, dtype=np.float64):
-        rng = make_rng(seed)
-        self.norm_first = bool(norm_first)
-        self.attention = MultiHeadAttention(d_model, n_heads, seed=rng, dtype=dtype)
-        self.feed_forward = FeedForward(d_model, d_ff, activation=activation, seed=rng, dtype=dtype)
-        self.norm1 = LayerNorm(d_model, eps=eps, dtype=dtype)
-        self.norm2 = LayerNorm(d_model, eps=eps, dtype=dtype)
+    Config = TransformerBlockConfig
 
-    def __call__(self, x, *, causal=False, mask=None, kv_cache=None):
-        x = np.asarray(x)
+    def __init__(self, d_model: int, n_heads: int, d_ff: int, *, norm_first: bool = False,
+                 activation: str = "relu", eps: float = 1e-5, bias: bool = True, seed=None, dtype=np.float64):
+        config = self._configure(d_model=d_model, n_heads=n_heads, d_ff=d_ff, norm_first=norm_first,
+                                 activation=activation, eps=eps, bias=bias)
+        dtype, rng = floating_dtype(dtype), make_rng(seed)
+        self.attention = MultiHeadAttention(**vars(config.attention()), seed=rng, dtype=dtype)
+        self.feed_forward = FeedForward(**vars(config.feed_forward()), seed=rng, dtype=dtype)
+        self.norm1 = LayerNorm(**vars(config.norm()), dtype=dtype)
+        self.norm2 = LayerNorm(**vars(config.norm()), dtype=dtype)
+
+    def __call__(self, x, *, causal=False, mask=None, key_mask=None, kv_cache: LayerCache | None = None):
+        """x (..., n, d_model) -> (..., n, d_model): attention, then the feed-forward network, each with Add & Norm.
+
+        ``causal``, ``mask``, ``key_mask`` and ``kv_cache`` mean what they mean for ``MultiHeadAttention``;
+        ``last_weights`` afterwards holds the attention weights (..., n_heads, n, n_k).
+        """
+        x = _checks.module_input("x", _checks.numpy_array("x", x), width=self.d_model, dtype=self.dtype, min_ndim=2)
+        causal, mask, key_mask = _doors.attention_call(
+            x.shape, n_heads=self.n_heads, d_head=self.attention.d_head, dtype=self.dtype, device=None,
+            causal=causal, mask=mask, key_mask=key_mask, kv_cache=kv_cache, as_array=_checks.numpy_array,
+            layer_cache_class=LayerCache, kv_cache_class=KVCache,
+        )
+        return self._forward(x, causal, mask, key_mask, kv_cache)
+
+    def _forward(self, x, causal, mask, key_mask, kv_cache):
         def attend(h):
-            return self.attention(h, causal=causal, mask=mask, kv_cache=kv_cache)
+            return self.attention._forward(h, causal, mask, key_mask, kv_cache)
+
         if self.norm_first:
-            x = x + attend(self.norm1(x))
-            return x + self.feed_forward(self.norm2(x))
-        x = self.norm1(x + attend(x))  # Add & Norm
-        return self.norm2(x + self.feed_forward(x))  # Add & Norm
+            x = x + attend(self.norm1._forward(x))
+            return x + self.feed_forward._forward(self.norm2._forward(x))
+        x = self.norm1._forward(x + attend(x))  # Add & Norm
+        return self.norm2._forward(x + self.feed_forward._forward(x))  # Add & Norm

@@ -1,11 +1,15 @@
 """FlashAttention in NumPy: exact attention computed tile by tile, never holding an n_q x n_k array.
 
-Forward (the FlashAttention-2 loop order): the outer loop walks blocks of ``block_q`` query rows; for each, the
-inner loop walks blocks of ``block_k`` keys and values. Each query row keeps the online-softmax state -- the
-running maximum ``m`` and running sum ``l`` -- and an unnormalised output ``acc``. When a key block raises a
-row's maximum, ``l`` and ``acc`` are both rescaled by ``exp(m_old - m_new)``; the division by ``l`` happens once,
-after the last key block. The per-row log-sum-exp ``lse = m + log(l)`` is all the backward pass needs to
-rebuild any tile of probabilities, so the n_q x n_k matrix is never stored.
+The heart is :func:`flash_step`, one tile in the book's notation: a block of queries that has already met some keys
+carries the online-softmax state -- the running maximum ``m``, the running sum ``l`` and the unnormalised output
+``acc`` -- and folds in one block of keys and values. When the block raises a row's maximum, the old ``l`` and
+``acc`` were summed against the wrong reference and are multiplied by ``rescale = exp(m_old - m_new)``.
+
+Around it, :func:`flash_attention_steps` walks the tiles in the FlashAttention-2 order (outer loop over blocks of
+``block_q`` queries, inner loop over blocks of ``block_k`` keys, skipping those that causal masking hides, as
+listed by ``attnlib.tiling``) and yields a :class:`FlashStep` after each tile. :func:`flash_attention` consumes that
+stream and divides by ``l`` once per query block; :class:`FlashTrace` consumes the same stream and keeps it. The
+per-row log-sum-exp ``lse = m + log(l)`` is all the backward pass needs to rebuild any tile of probabilities.
 
 Memory: the largest temporary is one tile of scores, ``block_q x block_k`` per batch entry, so big blocks are
 both allowed and fast -- each tile is a pair of BLAS matrix products -- while the memory stays O(n), not O(n^2).
@@ -13,11 +17,13 @@ both allowed and fast -- each tile is a pair of BLAS matrix products -- while th
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from .. import _checks
+from .. import _checks, _settings, tiling
+from .online_softmax import rescale_factor
 
 # Defaults chosen by timing on a laptop-class CPU (float32, d = 64): a 128 x 1024 tile is 512 KiB in float32,
 # small enough to stay in a core's L2 cache, and big enough that each tile is two efficient BLAS calls and the
@@ -26,36 +32,155 @@ DEFAULT_BLOCK_Q = 128
 DEFAULT_BLOCK_K = 1024
 
 
+def flash_step(q_block, k_block, v_block, m, l, acc, visible=None):
+    """Fold one block of keys and values into the running state (m, l, acc) of one block of queries.
+
+    q_block (..., rows, d_k) already times ``scale``; k_block (..., cols, d_k); v_block (..., cols, d_v);
+    m, l (..., rows) and acc (..., rows, d_v) as left by the previous tile (-inf, 0, 0 before the first);
+    visible: boolean (rows, cols), False = masked, or None. Returns the new (m, l, acc) and the ``rescale``
+    factor that was applied to the old l and acc. Pure: nothing passed in is modified.
+    """
+    s = q_block @ np.swapaxes(k_block, -1, -2)  # (..., rows, cols): this tile of scores
+    if visible is not None:
+        s = np.where(visible, s, -np.inf)  # masked: exactly zero weight after exp
+    m_new = np.maximum(m, s.max(axis=-1))  # (..., rows): the running maximum
+    rescale = rescale_factor(m, m_new)  # exp(m - m_new), 1 while a row has seen nothing but -inf
+    p = np.exp(s - _finite(m_new)[..., None])  # (..., rows, cols): unnormalised probabilities, all <= 1
+    l_new = rescale * l + p.sum(axis=-1)
+    acc_new = rescale[..., None] * acc + p @ v_block  # (..., rows, d_v)
+    return m_new, l_new, acc_new, rescale
+
+
+def _finite(m):
+    """The shift for exp: m itself, or 0 where m is still -inf (then every score is -inf and exp gives 0, not NaN)."""
+    return np.where(np.isneginf(m), 0.0, m).astype(m.dtype, copy=False)
+
+
 @dataclass(eq=False)
 class FlashStep:
-    """One (query block i, key block j) step of the forward pass, as recorded by a ``FlashTrace``.
+    """The state of query block ``i`` after it met key block ``j``.
 
-    Vectors have one entry per query row of the block; leading batch dimensions are kept.
-    ``scores``: the scaled tile q_i k_j^T (..., rows, cols), masked entries -inf.
-    ``m_old``/``m_new``, ``l_old``/``l_new``: the online-softmax state before and after this tile.
-    ``rescale``: exp(m_old - m_new), the factor applied to ``l_old`` and to the previous ``acc``.
-    ``acc``: the unnormalised output after this tile (..., rows, d_v); the final output is acc / l.
+    ``q_range``/``k_range``: the rows and keys of the tile; ``kind``: ``tiling.FULL`` or ``tiling.MASKED``;
+    ``visible``: the tile's causal mask (None when nothing in it is masked). ``m_old``/``l_old`` and
+    ``m_new``/``l_new``: the online-softmax state before and after; ``rescale`` = exp(m_old - m_new);
+    ``acc``: the unnormalised output after this tile (..., rows, d_v). ``last``: no key block follows for this
+    query block, so acc / l is its output. ``scores`` is filled in by ``FlashTrace`` only.
     """
 
     i: int
     j: int
     q_range: tuple[int, int]
     k_range: tuple[int, int]
-    scores: np.ndarray
+    kind: int
+    visible: np.ndarray | None
     m_old: np.ndarray
     m_new: np.ndarray
     l_old: np.ndarray
     l_new: np.ndarray
     rescale: np.ndarray
     acc: np.ndarray
+    last: bool
+    scores: np.ndarray | None = None
+
+
+def _compute_dtype(dtype) -> np.dtype:
+    """float16 inputs are computed in float32: m, l and acc need the range and the precision."""
+    return np.promote_types(dtype, np.float32)
+
+
+def _validate(q, k, v, causal, scale, block_q, block_k):
+    q, k, v = (_checks.numpy_array(name, x) for name, x in (("q", q), ("k", k), ("v", v)))
+    _checks.qkv(q, k, v)
+    scale = _checks.scale(scale)
+    block_q = DEFAULT_BLOCK_Q if block_q is None else _checks.positive_int("block_q", block_q)
+    block_k = DEFAULT_BLOCK_K if block_k is None else _checks.positive_int("block_k", block_k)
+    causal = _checks.causal_fits(causal, q.shape[-2], k.shape[-2], f"q {q.shape} and k {k.shape}")
+    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
+    return q, k, v, causal, float(scale), block_q, block_k
+
+
+def _steps(q, k, v, causal: bool, scale: float, block_q: int, block_k: int) -> Iterator[FlashStep]:
+    """The forward loop on checked arguments, in the compute dtype; yields the state after every tile."""
+    n_q, n_k, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
+    batch_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    for i, (q_start, q_end) in enumerate(tiling.query_blocks(n_q, block_q)):
+        q_block = q[..., q_start:q_end, :] * q.dtype.type(scale)  # (..., rows, d_k): scale q once, not every tile
+        m = np.full(batch_shape + (q_end - q_start,), -np.inf, dtype=q.dtype)
+        l = np.zeros_like(m)
+        acc = np.zeros(batch_shape + (q_end - q_start, d_v), dtype=q.dtype)
+        tiles = tiling.key_tiles(q_start, q_end, n_q, n_k, block_k, causal)
+        for index, tile in enumerate(tiles):
+            visible = None
+            if causal and tile.kind == tiling.MASKED:  # the tile crosses the diagonal: hide the future
+                visible = tiling.causal_visible(q_start, q_end, tile.k_start, tile.k_end, n_k - n_q)
+            keys = slice(tile.k_start, tile.k_end)
+            m_new, l_new, acc, rescale = flash_step(q_block, k[..., keys, :], v[..., keys, :], m, l, acc, visible)
+            yield FlashStep(i, tile.j, (q_start, q_end), (tile.k_start, tile.k_end), tile.kind, visible,
+                            m, m_new, l, l_new, rescale, acc, last=index == len(tiles) - 1)
+            m, l = m_new, l_new
+
+
+def flash_attention_steps(q, k, v, *, causal=False, scale=None, block_q=None, block_k=None):
+    """The forward pass as a stream: a :class:`FlashStep` after every tile, in the order they are computed.
+
+    Same arguments as :func:`flash_attention`; arrays in the stream are in the compute dtype (float32 for float16
+    inputs). For teaching and for widgets: every step keeps its own arrays, so use small inputs if you keep them.
+    """
+    q, k, v, causal, scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
+    dtype = _compute_dtype(q.dtype)
+    return _steps(q.astype(dtype), k.astype(dtype), v.astype(dtype), causal, scale, block_q, block_k)
+
+
+def flash_attention(q, k, v, *, causal=False, scale=None, block_q=None, block_k=None, return_lse=False):
+    """softmax(q k^T * scale) v, tile by tile, equal to ``attention(q, k, v, ...)[0]`` up to rounding.
+
+    q (..., n_q, d_k), k (..., n_k, d_k), v (..., n_k, d_v) -> output (..., n_q, d_v); batch dims broadcast.
+    ``causal`` masks like ``attention`` (bottom-right aligned when n_q != n_k) and skips key blocks that are
+    masked for every row of a query block. Blocks need not divide n_q or n_k (the last tiles are smaller);
+    None means 128 x 1024. With ``return_lse`` also returns the row log-sum-exp (..., n_q), which
+    ``flash_attention_backward`` needs.
+    Scores that overflow raise ``OverflowError``, as in ``attention``.
+    """
+    q, k, v, causal, scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
+    return_lse = _checks.flag("return_lse", return_lse)
+    input_dtype, dtype = q.dtype, _compute_dtype(q.dtype)
+    q, k, v = q.astype(dtype, copy=False), k.astype(dtype, copy=False), v.astype(dtype, copy=False)
+    batch_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    output = np.empty(batch_shape + (q.shape[-2], v.shape[-1]), dtype=dtype)
+    lse = np.empty(batch_shape + (q.shape[-2],), dtype=dtype)
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported by _normalise, as in attention
+        for step in _steps(q, k, v, causal, scale, block_q, block_k):
+            if step.last:  # this query block has met all its keys
+                _finish(step, output, lse)
+    output = output.astype(input_dtype, copy=False)
+    return (output, lse) if return_lse else output
+
+
+def _finish(step: FlashStep, output, lse) -> None:
+    """Write acc / l (the one division by l) and m + log l for the rows of a query block's last step."""
+    rows = slice(*step.q_range)
+    output[..., rows, :], lse[..., rows] = _normalise(step.m_new, step.l_new, step.acc)
+
+
+def _normalise(m, l, acc):
+    """(acc / l, m + log l) for one query block, raising on overflow as ``attention`` does."""
+    if _settings.finite_checks():
+        if not (np.isfinite(acc).all() and np.isfinite(l).all()):
+            raise _checks.scores_overflowed(acc.dtype)
+        if (l == 0).any():  # no key is masked for every row here, so l = 0 means every score fell to -inf
+            raise _checks.scores_underflowed(acc.dtype, int((l == 0).sum()))
+    output = np.divide(acc, l[..., None], out=np.zeros_like(acc), where=l[..., None] > 0)
+    with np.errstate(divide="ignore"):  # log(0) = -inf for a row with nothing to attend (checks switched off)
+        return output, m + np.log(l)
 
 
 @dataclass(eq=False)
 class FlashTrace:
-    """Pass ``trace=FlashTrace()`` to ``flash_attention`` to record every step (for teaching, small inputs).
+    """Every step of one forward pass, kept for teaching (small inputs): ``FlashTrace.record(q, k, v, ...)``.
 
-    After the call: ``steps`` in execution order; ``skipped`` lists the (i, j) tiles that causal masking
-    skipped entirely; ``output`` and ``lse`` are the results; the remaining fields describe the tiling.
+    ``steps`` in execution order, each with its tile of ``scores`` (masked entries -inf); ``skipped`` lists the
+    (i, j) tiles that causal masking skipped entirely; ``output`` and ``lse`` are the results; the remaining
+    fields describe the tiling.
     """
 
     steps: list[FlashStep] = field(default_factory=list)
@@ -69,6 +194,27 @@ class FlashTrace:
     output: np.ndarray | None = None
     lse: np.ndarray | None = None
 
+    @classmethod
+    def record(cls, q, k, v, *, causal=False, scale=None, block_q=None, block_k=None):
+        """Run :func:`flash_attention_steps` and keep what it yields, plus each tile's scores and the result."""
+        q, k, v, causal, scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
+        trace = cls(n_q=q.shape[-2], n_k=k.shape[-2], block_q=block_q, block_k=block_k, causal=causal, scale=scale)
+        dtype = _compute_dtype(q.dtype)
+        batch_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+        output = np.empty(batch_shape + (q.shape[-2], v.shape[-1]), dtype=dtype)
+        lse = np.empty(batch_shape + (q.shape[-2],), dtype=dtype)
+        for step in flash_attention_steps(q, k, v, causal=causal, scale=scale, block_q=block_q, block_k=block_k):
+            if step.last:
+                _finish(step, output, lse)
+            rows, keys = slice(*step.q_range), slice(*step.k_range)
+            scores = (q[..., rows, :].astype(dtype) * dtype.type(scale)) @ np.swapaxes(k[..., keys, :], -1, -2)
+            step.scores = scores if step.visible is None else np.where(step.visible, scores, -np.inf)
+            trace.steps.append(step)
+        plan = tiling.tile_plan(trace.n_q, trace.n_k, block_q, block_k, causal=causal)
+        trace.skipped = [(int(i), int(j)) for i, j in np.argwhere(plan == tiling.SKIPPED)]
+        trace.output, trace.lse = output.astype(q.dtype, copy=False), lse
+        return trace
+
     def steps_for_query_block(self, i: int) -> list[FlashStep]:
         return [step for step in self.steps if step.i == i]
 
@@ -80,6 +226,7 @@ class FlashTrace:
                 return np.where(np.isneginf(x), None, x).tolist() if x.dtype.kind == "f" else x.tolist()
             return x
 
+        keep = ("i", "j", "q_range", "k_range", "scores", "m_old", "m_new", "l_old", "l_new", "rescale", "acc")
         return {
             "n_q": self.n_q,
             "n_k": self.n_k,
@@ -88,121 +235,10 @@ class FlashTrace:
             "causal": self.causal,
             "scale": self.scale,
             "skipped": [list(tile) for tile in self.skipped],
-            "steps": [{name: plain(value) for name, value in vars(step).items()} for step in self.steps],
+            "steps": [{name: plain(getattr(step, name)) for name in keep} for step in self.steps],
             "output": plain(self.output),
             "lse": plain(self.lse),
         }
-
-
-def _tile_causal_mask(q_start, q_end, k_start, k_end, offset) -> np.ndarray:
-    """(rows, cols) boolean, True where query q_start + r may attend key k_start + c (bottom-right aligned)."""
-    query_positions = np.arange(q_start, q_end)[:, None] + offset  # absolute position of each query row
-    return np.arange(k_start, k_end)[None, :] <= query_positions
-
-
-def _compute_dtype(dtype) -> np.dtype:
-    """float16 inputs are computed in float32: m, l and acc need the range and the precision."""
-    return np.promote_types(dtype, np.float32)
-
-
-def _key_stop(q_end: int, n_k: int, offset: int, causal: bool) -> int:
-    """One past the last key any query row in [.., q_end) may see: key blocks from there on are all masked."""
-    return min(n_k, q_end + offset) if causal else n_k
-
-
-def _validate(q, k, v, causal, scale, block_q, block_k):
-    q, k, v = np.asarray(q), np.asarray(k), np.asarray(v)
-    _checks.qkv(q, k, v)
-    scale = _checks.scale(scale)
-    block_q = _checks.positive_int("block_q", block_q)
-    block_k = _checks.positive_int("block_k", block_k)
-    if causal and k.shape[-2] < q.shape[-2]:
-        raise ValueError(f"causal attention needs n_k >= n_q, got q {q.shape} and k {k.shape}")
-    scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
-    return q, k, v, float(scale), block_q, block_k
-
-
-def flash_attention(
-    q,
-    k,
-    v,
-    *,
-    causal: bool = False,
-    scale: float | None = None,
-    block_q: int = DEFAULT_BLOCK_Q,
-    block_k: int = DEFAULT_BLOCK_K,
-    trace: FlashTrace | None = None,
-    return_lse: bool = False,
-):
-    """softmax(q k^T * scale) v, tile by tile, equal to ``attention(q, k, v, ...)[0]`` up to rounding.
-
-    q (..., n_q, d_k), k (..., n_k, d_k), v (..., n_k, d_v) -> output (..., n_q, d_v); batch dims broadcast.
-    ``causal`` masks like ``attention`` (bottom-right aligned when n_q != n_k) and skips key blocks that are
-    masked for every row of a query block. Blocks need not divide n_q or n_k (the last tiles are smaller).
-    With ``return_lse`` also returns the row log-sum-exp (..., n_q), which ``flash_attention_backward`` needs.
-    ``trace``: a ``FlashTrace`` to fill with every step (copies of each tile: use small inputs).
-    """
-    q, k, v, scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
-    input_dtype = q.dtype
-    if trace is not None and not isinstance(trace, FlashTrace):
-        raise TypeError(f"trace must be a FlashTrace or None, got {type(trace).__name__}")
-    n_q, n_k, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
-    offset = n_k - n_q  # query row r sits at absolute position r + offset (bottom-right causal alignment)
-    batch_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
-    dtype = _compute_dtype(q.dtype)
-    q, k, v = q.astype(dtype, copy=False), k.astype(dtype, copy=False), v.astype(dtype, copy=False)
-    output = np.empty(batch_shape + (n_q, d_v), dtype=dtype)
-    lse = np.empty(batch_shape + (n_q,), dtype=dtype)
-    if trace is not None:
-        trace.n_q, trace.n_k, trace.block_q, trace.block_k = n_q, n_k, block_q, block_k
-        trace.causal, trace.scale = bool(causal), scale
-
-    for i, q_start in enumerate(range(0, n_q, block_q)):
-        q_end = min(q_start + block_q, n_q)
-        rows = q_end - q_start
-        q_block = q[..., q_start:q_end, :] * scale  # (..., rows, d_k); scaling q once is cheaper than each tile
-        m = np.full(batch_shape + (rows,), -np.inf, dtype=dtype)
-        l = np.zeros(batch_shape + (rows,), dtype=dtype)
-        acc = np.zeros(batch_shape + (rows, d_v), dtype=dtype)
-        key_stop = _key_stop(q_end, n_k, offset, causal)
-
-        for j, k_start in enumerate(range(0, key_stop, block_k)):
-            k_end = min(k_start + block_k, n_k)
-            scores = q_block @ np.swapaxes(k[..., k_start:k_end, :], -1, -2)  # (..., rows, cols)
-            if causal and k_end - 1 > q_start + offset:  # the tile crosses the diagonal: mask part of it
-                allowed = _tile_causal_mask(q_start, q_end, k_start, k_end, offset)
-                np.copyto(scores, -np.inf, where=~allowed)
-            # Key 0 is visible to every row (offset >= 0) and key blocks come in order, so after the first tile
-            # m_new is finite for every row and m_old - m_new is never -inf - (-inf).
-            m_new = np.maximum(m, scores.max(axis=-1))
-            rescale = np.exp(m - m_new)  # (..., rows); 0 on the first tile, where m = -inf and l, acc are 0
-            if trace is not None:
-                tile_scores = scores.copy()
-            scores -= m_new[..., None]
-            p = np.exp(scores, out=scores)  # (..., rows, cols): unnormalised probabilities, reusing the buffer
-            l_new = rescale * l + p.sum(axis=-1)
-            acc *= rescale[..., None]
-            acc += p @ v[..., k_start:k_end, :]
-            if trace is not None:
-                trace.steps.append(
-                    FlashStep(
-                        i=i, j=j, q_range=(q_start, q_end), k_range=(k_start, k_end), scores=tile_scores,
-                        m_old=m.copy(), m_new=m_new.copy(), l_old=l.copy(), l_new=l_new.copy(),
-                        rescale=rescale.copy(), acc=acc.copy(),
-                    )
-                )
-            m, l = m_new, l_new
-
-        if trace is not None:
-            n_blocks_k = -(-n_k // block_k)
-            trace.skipped.extend((i, j) for j in range(-(-key_stop // block_k), n_blocks_k))
-        output[..., q_start:q_end, :] = acc / l[..., None]  # the one division by l
-        lse[..., q_start:q_end] = m + np.log(l)
-
-    output = output.astype(input_dtype, copy=False)
-    if trace is not None:
-        trace.output, trace.lse = output.copy(), lse.copy()
-    return (output, lse) if return_lse else output
 
 
 def _sum_to_shape(x: np.ndarray, shape: tuple) -> np.ndarray:
@@ -233,8 +269,9 @@ def flash_attention_backward(
     adds each one's share of dq. With P the probabilities and dP = dO v^T, the softmax gradient is
     dS = P * (dP - D), where D = rowsum(dO * O) is computed once up front.
     """
-    q, k, v, scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
-    output, lse, grad_output = np.asarray(output), np.asarray(lse), np.asarray(grad_output)
+    q, k, v, causal, scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
+    output, lse, grad_output = (_checks.numpy_array(name, x) for name, x in
+                                (("output", output), ("lse", lse), ("grad_output", grad_output)))
     n_q, n_k, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
     batch_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     _checks.floating_array("output", output, min_ndim=2)
@@ -276,7 +313,7 @@ def flash_attention_backward(
             do_block = grad_output[..., q_start:q_end, :]  # (..., rows, d_v)
             scores = q_block @ np.swapaxes(k_block, -1, -2)  # (..., rows, cols)
             if causal and k_end - 1 > q_start + offset:
-                np.copyto(scores, -np.inf, where=~_tile_causal_mask(q_start, q_end, k_start, k_end, offset))
+                np.copyto(scores, -np.inf, where=~tiling.causal_visible(q_start, q_end, k_start, k_end, offset))
             scores -= lse[..., q_start:q_end, None]
             p = np.exp(scores, out=scores)  # (..., rows, cols): this tile's probabilities, recomputed
             dv_block += np.swapaxes(p, -1, -2) @ do_block

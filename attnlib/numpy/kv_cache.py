@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _kv_cache
+from .. import _checks, _kv_cache
 
 
 class LayerCache(_kv_cache.LayerCache):
@@ -17,6 +17,10 @@ class LayerCache(_kv_cache.LayerCache):
     @staticmethod
     def _nbytes(x) -> int:
         return x.nbytes
+
+    @staticmethod
+    def _as_array(name, x):
+        return _checks.numpy_array(name, x)
 
 
 class KVCache(_kv_cache.KVCache):

@@ -4,26 +4,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import _checks
-from ._module import Module, make_rng, uniform
-from .attention import attention
+from .. import _checks, _doors
+from .._config import MultiHeadAttentionConfig
+from ._module import FromTorch, Module, floating_dtype, make_rng, uniform
+from .attention import _attention, visible
 from .kv_cache import KVCache, LayerCache
 
 
-class MultiHeadAttention(Module):
+class MultiHeadAttention(FromTorch, Module):
     """``n_heads`` experts, each looking at the sequence through its own d_head-dimensional "glasses".
 
     Weights are stored (d_in, d_out) and applied as ``x @ w + b``. After a call, ``last_weights`` holds that
     call's attention weights per head, shape (..., n_heads, n_q, n_k).
     """
 
+    Config = MultiHeadAttentionConfig
+
     def __init__(self, d_model: int, n_heads: int, *, bias: bool = True, seed=None, dtype=np.float64):
-        self.d_model = _checks.positive_int("d_model", d_model)
-        self.n_heads = _checks.positive_int("n_heads", n_heads)
-        _checks.divisible(d_model, n_heads)
+        self._configure(d_model=d_model, n_heads=n_heads, bias=bias)
         self.d_head = d_model // n_heads
-        self.bias = bool(bias)
-        rng = make_rng(seed)
+        dtype, rng = floating_dtype(dtype), make_rng(seed)
         for name in ("q", "k", "v", "o"):
             setattr(self, f"w_{name}", uniform(rng, d_model, (d_model, d_model), dtype))
             if bias:
@@ -32,11 +32,24 @@ class MultiHeadAttention(Module):
 
     @property
     def last_weights(self):
-        """The previous call's attention weights, (..., n_heads, n_q, n_k); not a parameter."""
+        """The previous call's attention weights, (..., n_heads, n_q, n_k); not a parameter. None before a call."""
         return self._last_weights
 
-    def config(self) -> dict:
-        return {"d_model": self.d_model, "n_heads": self.n_heads, "bias": self.bias}
+    def __call__(self, x, *, causal=False, mask=None, key_mask=None, kv_cache: LayerCache | None = None):
+        """Self-attention over x (..., n, d_model) -> (..., n, d_model).
+
+        ``causal``: each position attends only to itself and earlier ones. ``mask``: boolean, True = may attend,
+        broadcastable to (..., n_heads, n, n_k). ``key_mask``: boolean (..., n_k), True = a real token, False =
+        padding that no query attends. ``kv_cache``: one layer's ``LayerCache``; this call's keys and values are
+        appended to it and n_k = cached + n. Records ``last_weights`` (..., n_heads, n, n_k).
+        """
+        x = _checks.module_input("x", _checks.numpy_array("x", x), width=self.d_model, dtype=self.dtype, min_ndim=2)
+        causal, mask, key_mask = _doors.attention_call(
+            x.shape, n_heads=self.n_heads, d_head=self.d_head, dtype=self.dtype, device=None, causal=causal,
+            mask=mask, key_mask=key_mask, kv_cache=kv_cache, as_array=_checks.numpy_array,
+            layer_cache_class=LayerCache, kv_cache_class=KVCache,
+        )
+        return self._forward(x, causal, mask, key_mask, kv_cache)
 
     def _linear(self, x, name):
         y = x @ getattr(self, f"w_{name}")
@@ -47,22 +60,17 @@ class MultiHeadAttention(Module):
         x = x.reshape(*batch, n, self.n_heads, self.d_head)  # (..., n, H, d_head)
         return np.swapaxes(x, -2, -3)  # (..., H, n, d_head)
 
-    def __call__(self, x, *, causal=False, mask=None, kv_cache: LayerCache | None = None):
-        x = np.asarray(x)
-        _checks.floating_array("x", x, min_ndim=2)
-        _checks.last_dim("x", x, self.d_model)
-        if isinstance(kv_cache, KVCache):
-            raise TypeError("kv_cache must be one layer's cache: pass cache[i], not the whole KVCache")
-
+    def _forward(self, x, causal, mask, key_mask, kv_cache):
         # 1. Project: every position writes a query note, a spine label (key) and its content (value).
         q = self._split_heads(self._linear(x, "q"))  # (..., H, n, d_head)
         k = self._split_heads(self._linear(x, "k"))
         v = self._split_heads(self._linear(x, "v"))
         if kv_cache is not None:
-            k, v = kv_cache.append(k, v)  # (..., H, n_past + n, d_head): old keys are reused, not recomputed
+            k, v = kv_cache._append(k, v)  # (..., H, n_past + n, d_head): old keys are reused, not recomputed
 
         # 2. Scaled dot-product attention, for all heads at once (heads are just a batch dimension).
-        heads, self._last_weights = attention(q, k, v, mask=mask, causal=causal)  # (..., H, n, d_head)
+        allowed = visible(q.shape[-2], k.shape[-2], causal, mask, key_mask)
+        heads, self._last_weights = _attention(q, k, v, allowed, 1.0 / np.sqrt(self.d_head))  # (..., H, n, d_head)
 
         # 3. Concatenate the heads back into one d_model-wide vector per position.
         heads = np.swapaxes(heads, -2, -3)  # (..., n, H, d_head)

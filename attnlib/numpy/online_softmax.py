@@ -21,7 +21,7 @@ from .. import _checks
 
 def _row_block(name: str, x) -> np.ndarray:
     """A block of scores: floating point, at least 1-D, finite except for -inf (masked entries)."""
-    return _checks.scores(name, np.asarray(x))
+    return _checks.scores(name, _checks.numpy_array(name, x))
 
 
 def rescale_factor(m_old, m_new) -> np.ndarray:

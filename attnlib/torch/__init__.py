@@ -2,8 +2,8 @@
 
 from .attention import attention, causal_mask
 from .block import TransformerBlock
-from .feedforward import FeedForward, gelu, relu
-from .flash_attention import flash_attention, flash_attention_backward
+from .feedforward import FeedForward, gelu, gelu_tanh, relu
+from .flash_attention import flash_attention, flash_attention_backward, flash_step
 from .kv_cache import KVCache, LayerCache
 from .layernorm import LayerNorm
 from .model import TransformerLM
@@ -19,8 +19,8 @@ from .online_softmax import (
 from .softmax import softmax
 
 __all__ = [
-    "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "LayerNorm",
-    "TransformerBlock", "TransformerLM", "KVCache", "LayerCache",
+    "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "gelu_tanh",
+    "LayerNorm", "TransformerBlock", "TransformerLM", "KVCache", "LayerCache",
     "SoftmaxState", "merge", "rescale_factor", "three_pass_softmax", "online_softmax", "online_softmax_steps",
-    "flash_attention", "flash_attention_backward",
+    "flash_attention", "flash_attention_backward", "flash_step",
 ]

@@ -16,7 +16,8 @@ import math
 
 import torch
 
-from .. import _checks
+from .. import _checks, _settings, tiling
+from .online_softmax import rescale_factor
 
 # Same defaults as the NumPy version (timed on a CPU, see benchmarks/bench_flash_cpu.py).
 DEFAULT_BLOCK_Q = 128
@@ -25,9 +26,8 @@ BACKENDS = ("auto", "torch", "triton")
 
 
 def _tile_causal_mask(q_start, q_end, k_start, k_end, offset, device) -> torch.Tensor:
-    """(rows, cols) boolean, True where query q_start + r may attend key k_start + c (bottom-right aligned)."""
-    query_positions = torch.arange(q_start, q_end, device=device)[:, None] + offset
-    return torch.arange(k_start, k_end, device=device)[None, :] <= query_positions
+    """``tiling.causal_visible`` as a tensor on ``device``."""
+    return torch.from_numpy(tiling.causal_visible(q_start, q_end, k_start, k_end, offset)).to(device)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -35,41 +35,61 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def flash_step(q_block, k_block, v_block, m, l, acc, visible=None):
+    """Fold one block of keys and values into the running state (m, l, acc) of one block of queries.
+
+    The twin of ``attnlib.numpy.flash_step``: q_block (..., rows, d_k) already times ``scale``; returns the new
+    (m, l, acc) and the ``rescale`` factor exp(m_old - m_new) applied to the old l and acc. Pure.
+    """
+    s = q_block @ k_block.transpose(-1, -2)  # (..., rows, cols): this tile of scores
+    if visible is not None:
+        s = torch.where(visible, s, float("-inf"))  # masked: exactly zero weight after exp
+    m_new = torch.maximum(m, s.amax(dim=-1))  # (..., rows): the running maximum
+    rescale = rescale_factor(m, m_new)  # exp(m - m_new), 1 while a row has seen nothing but -inf
+    p = torch.exp(s - _finite(m_new)[..., None])  # (..., rows, cols): unnormalised probabilities, all <= 1
+    l_new = rescale * l + p.sum(dim=-1)
+    acc_new = rescale[..., None] * acc + p @ v_block  # (..., rows, d_v)
+    return m_new, l_new, acc_new, rescale
+
+
+def _finite(m):
+    """The shift for exp: m itself, or 0 where m is still -inf (then every score is -inf and exp gives 0, not NaN)."""
+    return torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+
+
 def forward_tiled(q, k, v, causal: bool, scale: float, block_q: int, block_k: int):
     """Tiled forward in plain torch ops -> (output (..., n_q, d_v), lse (..., n_q)). Inputs already validated."""
     n_q, n_k, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
-    offset = n_k - n_q  # query row r sits at absolute position r + offset
     batch_shape = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     dtype = _compute_dtype(q.dtype)
     q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
     output = torch.empty(batch_shape + (n_q, d_v), dtype=dtype, device=q.device)
     lse = torch.empty(batch_shape + (n_q,), dtype=dtype, device=q.device)
 
-    for q_start in range(0, n_q, block_q):
-        q_end = min(q_start + block_q, n_q)
-        rows = q_end - q_start
-        q_block = q[..., q_start:q_end, :] * scale  # (..., rows, d_k)
-        m = torch.full(batch_shape + (rows,), float("-inf"), dtype=dtype, device=q.device)
-        l = torch.zeros(batch_shape + (rows,), dtype=dtype, device=q.device)
-        acc = torch.zeros(batch_shape + (rows, d_v), dtype=dtype, device=q.device)
-        key_stop = min(n_k, q_end + offset) if causal else n_k  # later key blocks are masked for every row
-
-        for k_start in range(0, key_stop, block_k):
-            k_end = min(k_start + block_k, n_k)
-            scores = q_block @ k[..., k_start:k_end, :].transpose(-1, -2)  # (..., rows, cols)
-            if causal and k_end - 1 > q_start + offset:  # the tile crosses the diagonal
-                allowed = _tile_causal_mask(q_start, q_end, k_start, k_end, offset, q.device)
-                scores.masked_fill_(~allowed, float("-inf"))
-            m_new = torch.maximum(m, scores.amax(dim=-1))  # finite: key 0 is visible to every row
-            rescale = torch.exp(m - m_new)  # (..., rows)
-            p = torch.exp(scores.sub_(m_new[..., None]))  # (..., rows, cols), unnormalised probabilities
-            l = rescale * l + p.sum(dim=-1)
-            acc = acc * rescale[..., None] + p @ v[..., k_start:k_end, :]
-            m = m_new
-
-        output[..., q_start:q_end, :] = acc / l[..., None]  # the one division by l
+    for q_start, q_end in tiling.query_blocks(n_q, block_q):
+        q_block = q[..., q_start:q_end, :] * scale  # (..., rows, d_k): scale q once, not every tile
+        m = torch.full(batch_shape + (q_end - q_start,), float("-inf"), dtype=dtype, device=q.device)
+        l = torch.zeros_like(m)
+        acc = torch.zeros(batch_shape + (q_end - q_start, d_v), dtype=dtype, device=q.device)
+        for tile in tiling.key_tiles(q_start, q_end, n_q, n_k, block_k, causal):
+            visible = None
+            if causal and tile.kind == tiling.MASKED:  # the tile crosses the diagonal: hide the future
+                visible = _tile_causal_mask(q_start, q_end, tile.k_start, tile.k_end, n_k - n_q, q.device)
+            keys = slice(tile.k_start, tile.k_end)
+            m, l, acc, _ = flash_step(q_block, k[..., keys, :], v[..., keys, :], m, l, acc, visible)
+        output[..., q_start:q_end, :] = acc / torch.where(l > 0, l, torch.ones_like(l))[..., None]  # one division
         lse[..., q_start:q_end] = m + torch.log(l)
     return output, lse
+
+
+def _check_result(output, lse) -> None:
+    """The overflow policy of ``attention``, applied to what a tiled pass returns (both backends)."""
+    if not _settings.finite_checks():
+        return
+    if not bool(torch.isfinite(output).all()) or bool(torch.isnan(lse).any() | torch.isposinf(lse).any()):
+        raise _checks.scores_overflowed(output.dtype)
+    if bool(torch.isneginf(lse).any()):  # l = 0: every score of an unmasked row fell to -inf
+        raise _checks.scores_underflowed(output.dtype, int(torch.isneginf(lse).sum()))
 
 
 def backward_tiled(q, k, v, output, lse, grad_output, causal: bool, scale: float, block_q: int, block_k: int):
@@ -120,13 +140,13 @@ def flash_attention_backward(
     """(dq, dk, dv) of ``flash_attention`` from the saved output and ``lse`` (torch twin of the NumPy function)."""
     block_q = DEFAULT_BLOCK_Q if block_q is None else block_q
     block_k = DEFAULT_BLOCK_K if block_k is None else block_k
-    scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
+    causal, scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
     batch_shape = torch.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     output_shape = tuple(batch_shape) + (q.shape[-2], v.shape[-1])
     for name, x, expected in (
         ("output", output, output_shape), ("grad_output", grad_output, output_shape), ("lse", lse, output_shape[:-1])
     ):
-        _checks.floating_array(name, x, min_ndim=1)
+        _checks.floating_array(name, _checks.torch_tensor(name, x), min_ndim=1, finite=name != "lse")
         if tuple(x.shape) != expected:
             raise ValueError(
                 f"{name} must have shape {expected} for q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}; "
@@ -137,20 +157,15 @@ def flash_attention_backward(
 
 
 def _validate(q, k, v, causal, scale, block_q, block_k):
-    """Check the inputs; return the scale (default 1/sqrt(d_k)) and the block sizes (None stays None)."""
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    """Check the inputs; return causal, the scale (default 1/sqrt(d_k)) and the block sizes (None stays None)."""
+    q, k, v = (_checks.torch_tensor(name, x) for name, x in (("q", q), ("k", k), ("v", v)))
     _checks.qkv(q, k, v)
-    if not q.device == k.device == v.device:
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
     scale = _checks.scale(scale)
     block_q = None if block_q is None else _checks.positive_int("block_q", block_q)
     block_k = None if block_k is None else _checks.positive_int("block_k", block_k)
-    if causal and k.shape[-2] < q.shape[-2]:
-        raise ValueError(f"causal attention needs n_k >= n_q, got q {tuple(q.shape)} and k {tuple(k.shape)}")
+    causal = _checks.causal_fits(causal, q.shape[-2], k.shape[-2], f"q {tuple(q.shape)} and k {tuple(k.shape)}")
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    return float(scale), block_q, block_k
+    return causal, float(scale), block_q, block_k
 
 
 def _triton_module():
@@ -167,17 +182,20 @@ def _triton_can_run(q, k, v) -> bool:
     return (
         flash_triton.available()
         and q.dtype in (torch.float32, torch.float16, torch.bfloat16)
-        and q.shape[-1] == v.shape[-1]
+        and q.shape[-1] == k.shape[-1] == v.shape[-1]
         and q.shape[-1] in flash_triton.HEAD_DIMS
     )
 
 
-def _resolve_backend(backend: str, q, k, v) -> str:
-    if backend not in BACKENDS:
+def _resolve_backend(backend, q, k, v, block_q, block_k):
+    """The backend to run and its block sizes; an explicit "triton" is refused by name where it cannot run right."""
+    if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if _triton_can_run(q, k, v) else "torch"
-    return backend
+        backend = "triton" if _triton_can_run(q, k, v) else "torch"
+    if backend == "triton":
+        return backend, *_triton_module().check_supported(q, k, v, block_q, block_k)
+    return backend, DEFAULT_BLOCK_Q if block_q is None else block_q, DEFAULT_BLOCK_K if block_k is None else block_k
 
 
 def _as_four_dims(x: torch.Tensor, batch_shape) -> torch.Tensor:
@@ -201,6 +219,7 @@ class _FlashAttention(torch.autograd.Function):
         else:
             output, lse = forward_tiled(q, k, v, causal, scale, block_q, block_k)
             output = output.to(q.dtype)
+        _check_result(output, lse)
         ctx.save_for_backward(q, k, v, output, lse)
         ctx.settings = (causal, scale, backend, block_q, block_k)
         ctx.mark_non_differentiable(lse)
@@ -242,13 +261,13 @@ def flash_attention(
     device), "triton" (the fused CUDA kernel) or "auto" (triton on CUDA when available, else torch).
     ``block_q``/``block_k`` set the tile (None: 128 x 1024 for torch, the kernel's own choice for triton, which
     needs powers of two >= 16). With ``return_lse`` also returns the row log-sum-exp (..., n_q), not differentiable.
+    Scores that overflow raise ``OverflowError``, as in ``attention``; what a backend cannot compute correctly
+    (e.g. bfloat16 under Triton's CPU interpreter) is refused by name instead of returning garbage.
     """
-    scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
-    backend = _resolve_backend(backend, q, k, v)
-    if backend == "torch":  # the triton kernel checks its own tiles (powers of two >= 16); None = its choice
-        block_q = DEFAULT_BLOCK_Q if block_q is None else block_q
-        block_k = DEFAULT_BLOCK_K if block_k is None else block_k
-    output, lse = _FlashAttention.apply(q, k, v, bool(causal), scale, backend, block_q, block_k)
+    causal, scale, block_q, block_k = _validate(q, k, v, causal, scale, block_q, block_k)
+    return_lse = _checks.flag("return_lse", return_lse)
+    backend, block_q, block_k = _resolve_backend(backend, q, k, v, block_q, block_k)
+    output, lse = _FlashAttention.apply(q, k, v, causal, scale, backend, block_q, block_k)
     if return_lse:
         return output, lse.reshape(output.shape[:-1])  # (..., n_q)
     return output

@@ -92,12 +92,15 @@ def _forward_step(
             visible = visible & (offs_k[None, :] <= offs_q[:, None] + offset)  # bottom-right aligned
         s = tl.where(visible, s, float("-inf"))  # -inf: exactly zero probability after exp2
 
-    # Online softmax: a larger maximum shrinks everything summed so far by alpha = 2^(m_old - m_new).
+    # Online softmax: a larger maximum shrinks everything summed so far by rescale = 2^(m_old - m_new).
     m_new = tl.maximum(m, tl.max(s, 1))  # (block_q,)
-    alpha = tl.exp2(m - m_new)  # (block_q,): 0 on the first block, where m is still -inf
-    p = tl.exp2(s - m_new[:, None])  # (block_q, block_k): unnormalised probabilities, all <= 1
-    l = l * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
+    # While a row has seen nothing but -inf, m_new is -inf too: shift by 0 instead, so that 2^(-inf - -inf) never
+    # makes a NaN (every p is then 0 and rescale is 0 against l = 0, acc = 0).
+    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)
+    rescale = tl.exp2(m - m_shift)  # (block_q,): 0 on the first block, where m is still -inf
+    p = tl.exp2(s - m_shift[:, None])  # (block_q, block_k): unnormalised probabilities, all <= 1
+    l = l * rescale + tl.sum(p, 1)
+    acc = acc * rescale[:, None]
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=PRECISION)  # acc += p @ v, accumulated in float32
     return m_new, l, acc
 
@@ -153,8 +156,9 @@ def _forward_kernel(
             CAUSAL, True, HEAD_DIM, BLOCK_K, PRECISION,
         )
 
-    # Normalise once at the end instead of at every step, and keep the logsumexp for the backward pass.
-    acc = acc / l[:, None]
+    # Normalise once at the end instead of at every step, and keep the logsumexp for the backward pass. A row with
+    # l = 0 (every score -inf) is written as zeros with lse = -inf; the Python wrapper reports it.
+    acc = acc / tl.where(l > 0, l, 1.0)[:, None]
     lse = (m + tl.log2(l)) * 0.6931471805599453  # ln(2): back from base 2 to the natural log
     in_range = offs_q < n_q
     tl.store(Out + offs_q[:, None] * stride_o_n + offs_d[None, :], acc.to(Out.dtype.element_ty), mask=in_range[:, None])
@@ -424,55 +428,52 @@ def _block(name: str, value):
         return None
     value = _checks.positive_int(name, value)
     if value < 16 or value & (value - 1):
-        raise ValueError(f"{name} must be a power of two >= 16 (tl.dot needs at least 16), got {value}")
+        raise ValueError(f"{name} must be a power of two >= 16 for backend='triton' (tl.dot needs at least 16), "
+                         f"got {value}")
     return value
 
 
-def _check_inputs(q, k, v, causal, scale):
-    """Validate and flatten the leading dimensions: (..., n, d) -> (batch_head, n, d), contiguous."""
-    if not all(isinstance(x, torch.Tensor) for x in (q, k, v)):
-        kinds = ", ".join(type(x).__name__ for x in (q, k, v))
-        raise TypeError(f"q, k and v must be torch tensors, got {kinds}")
-    for name, x in (("q", q), ("k", k), ("v", v)):
-        # No scan for NaN here: it would read every tensor once more and wait for the GPU on each call.
-        _checks.floating_array(name, x, min_ndim=3, finite=False)
-    _checks.same_dtype(q=q, k=k, v=v)
-    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
-        raise TypeError(f"q, k and v must be float32, float16 or bfloat16 for backend='triton', got {q.dtype}")
+def check_supported(q, k, v, block_q, block_k):
+    """Refuse, by name, what the kernels cannot compute correctly; return the checked block sizes.
+
+    Called at the door of ``attnlib.torch.flash_attention(..., backend="triton")`` on arguments it has already
+    checked as attention inputs (shapes, dtypes, devices, values).
+    """
+    _require_triton()
     shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-    if not (q.shape[:-2] == k.shape[:-2] == v.shape[:-2]):
-        raise ValueError(f"q, k and v must share their leading (batch, head) dimensions, got {shapes}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"k and v must have the same number of positions (dim -2), got {shapes}")
+    if q.dtype not in (torch.float32, torch.float16, torch.bfloat16):
+        raise TypeError(f"backend='triton' needs q, k and v in float32, float16 or bfloat16, got {q.dtype}")
+    if q.dtype == torch.bfloat16 and interpreted():
+        raise TypeError(
+            "backend='triton' cannot run bfloat16 under Triton's CPU interpreter (its bfloat16 tl.dot gives wrong "
+            "results): use float16 or float32 there, or backend='torch'"
+        )
     head_dim = q.shape[-1]
     if head_dim not in HEAD_DIMS or k.shape[-1] != head_dim or v.shape[-1] != head_dim:
         raise ValueError(f"backend='triton' needs q, k and v to share a head dimension in {HEAD_DIMS}, got {shapes}")
-    if not isinstance(causal, bool):
-        raise TypeError(f"causal must be True or False, got {causal!r}")
-    scale = _checks.positive_float("scale", scale)
-    n_q, n_k = q.shape[-2], k.shape[-2]
-    if causal and n_k < n_q:
-        raise ValueError(f"causal attention needs n_k >= n_q, got {shapes}")
-    if len({x.device for x in (q, k, v)}) > 1:
-        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
     if not interpreted() and q.device.type != "cuda":
         raise ValueError(
             f"backend='triton' compiles for a GPU and needs CUDA tensors, got q on {q.device}. To run the kernel on "
             "the CPU, set TRITON_INTERPRET=1 before triton is first imported."
         )
-    flat = [x.reshape(-1, x.shape[-2], head_dim).contiguous() for x in (q, k, v)]  # (batch_head, n, d)
-    return flat, scale
+    return _block("block_q", block_q), _block("block_k", block_k)
+
+
+def _flat(x: torch.Tensor) -> torch.Tensor:
+    """(..., n, d) -> (batch_head, n, d), contiguous: one program grid axis for all leading dimensions."""
+    return x.reshape(-1, x.shape[-2], x.shape[-1]).contiguous()
 
 
 def forward(q, k, v, causal: bool, scale: float, *, block_q: int | None = None, block_k: int | None = None):
     """softmax(q k^T * scale) v without materialising the scores -> (output like q, lse float32 (..., n_q)).
 
     ``block_q``/``block_k`` fix the tile sizes (powers of two >= 16); by default the interpreter uses 32 x 32 and
-    a GPU uses the autotuned choice.
+    a GPU uses the autotuned choice. q, k, v (..., n, d) share their leading dimensions and were checked by
+    ``attnlib.torch.flash_attention`` (with ``check_supported``).
     """
-    _require_triton()
-    (q3, k3, v3), scale = _check_inputs(q, k, v, causal, scale)
-    block_q, block_k = _block("block_q", block_q), _block("block_k", block_k)
+    # The arguments come checked from attnlib.torch.flash_attention (check_supported): assert, don't re-validate.
+    assert q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and q.dtype == k.dtype == v.dtype, "unchecked arguments"
+    q3, k3, v3 = _flat(q), _flat(k), _flat(v)
     batch_heads, n_q, head_dim = q3.shape
     n_k = k3.shape[1]
     output = torch.empty_like(q3)  # (batch_head, n_q, d)
@@ -495,14 +496,8 @@ def backward(
     block_q: int | None = None, block_k: int | None = None,
 ):
     """Gradients (dq, dk, dv) of the attention whose ``forward`` returned ``output`` and ``lse``."""
-    _require_triton()
-    (q3, k3, v3), scale = _check_inputs(q, k, v, causal, scale)
-    block_q, block_k = _block("block_q", block_q), _block("block_k", block_k)
-    for name, x in (("output", output), ("grad_output", grad_output)):
-        if not isinstance(x, torch.Tensor) or x.shape != q.shape:
-            raise ValueError(f"{name} must be a tensor shaped like q {tuple(q.shape)}, got {getattr(x, 'shape', x)}")
-    if not isinstance(lse, torch.Tensor) or lse.shape != q.shape[:-1]:
-        raise ValueError(f"lse must be a tensor of shape {tuple(q.shape[:-1])}, got {getattr(lse, 'shape', lse)}")
+    assert output.shape == grad_output.shape == q.shape and lse.shape == q.shape[:-1], "unchecked arguments"
+    q3, k3, v3 = _flat(q), _flat(k), _flat(v)
     batch_heads, n_q, head_dim = q3.shape
     n_k = k3.shape[1]
     o3 = output.reshape(batch_heads, n_q, head_dim).contiguous()  # (batch_head, n_q, d)

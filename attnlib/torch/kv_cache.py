@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .. import _kv_cache
+from .. import _checks, _kv_cache
 
 
 class LayerCache(_kv_cache.LayerCache):
@@ -17,6 +17,10 @@ class LayerCache(_kv_cache.LayerCache):
     @staticmethod
     def _nbytes(x) -> int:
         return x.numel() * x.element_size()
+
+    @staticmethod
+    def _as_array(name, x):
+        return _checks.torch_tensor(name, x)
 
 
 class KVCache(_kv_cache.KVCache):

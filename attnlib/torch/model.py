@@ -5,54 +5,73 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .. import _checks
+from .. import _checks, _doors
 from .._bookkeeping import LanguageModelBookkeeping
+from .._config import TransformerLMConfig
+from ._module import Module, floating_dtype
 from .block import TransformerBlock
-from .kv_cache import KVCache
+from .kv_cache import KVCache, LayerCache
 from .layernorm import LayerNorm
+from .multihead import _to
 
 
-class TransformerLM(LanguageModelBookkeeping, nn.Module):
+class TransformerLM(LanguageModelBookkeeping, Module):
     """Token + learned position embeddings -> ``n_layers`` independent blocks -> LayerNorm -> logits."""
 
+    Config = TransformerLMConfig
+
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, d_ff: int, n_layers: int, max_len: int, *,
-                 norm_first: bool = True, activation: str = "gelu", eps: float = 1e-5, causal: bool = True):
+                 norm_first: bool = True, activation: str = "gelu", eps: float = 1e-5, causal: bool = True,
+                 bias: bool = True, dtype=None, device=None):
         super().__init__()
-        self.vocab_size = _checks.positive_int("vocab_size", vocab_size)
-        self.max_len = _checks.positive_int("max_len", max_len)
-        n_layers = _checks.positive_int("n_layers", n_layers)
-        self.causal = bool(causal)
-        self.token_embedding = nn.Parameter(torch.randn(vocab_size, d_model) * 0.02)
-        self.position_embedding = nn.Parameter(torch.randn(max_len, d_model) * 0.02)
-        self.blocks = nn.ModuleList(
-            TransformerBlock(d_model, n_heads, d_ff, norm_first=norm_first, activation=activation, eps=eps)
-            for _ in range(n_layers)
-        )
-        self.norm = LayerNorm(d_model, eps=eps)
-        self.head = nn.Parameter(torch.randn(d_model, vocab_size) * 0.02)
+        config = self._configure(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
+                                 n_layers=n_layers, max_len=max_len, norm_first=norm_first, activation=activation,
+                                 eps=eps, causal=causal, bias=bias)
+        factory = {"dtype": floating_dtype(dtype), "device": device}
+        self.token_embedding = nn.Parameter(torch.randn(vocab_size, d_model, **factory) * 0.02)
+        self.position_embedding = nn.Parameter(torch.randn(max_len, d_model, **factory) * 0.02)
+        self.blocks = nn.ModuleList(TransformerBlock(**vars(config.block()), **factory) for _ in range(n_layers))
+        self.norm = LayerNorm(**vars(config.block().norm()), **factory)
+        self.head = nn.Parameter(torch.randn(d_model, vocab_size, **factory) * 0.02)
 
     def new_cache(self) -> KVCache:
-        return KVCache(len(self.blocks))
+        return KVCache(self.n_layers)
 
-    def forward(self, ids, *, mask=None, kv_cache: KVCache | None = None):
-        """ids (..., n) integer tokens -> logits (..., n, vocab). With a cache, ids are the *new* tokens."""
-        start = self._start_position(ids, kv_cache)
+    def forward(self, ids, *, mask=None, key_mask=None, kv_cache: KVCache | None = None):
+        """ids (..., n) integer tokens -> logits (..., n, vocab_size).
+
+        With ``kv_cache`` (from ``new_cache()``), ids are the *new* tokens and are placed after the cached ones.
+        ``key_mask`` (..., n_k) boolean, True = a real token (False = padding, attended by no one); ``mask``
+        broadcastable to (..., n_heads, n, n_k). A call that fails leaves the cache as it was.
+        ``last_weights`` afterwards holds one (..., n_heads, n, n_k) tensor per layer.
+        """
+        ids, start, causal, mask, key_mask = _doors.language_model_call(
+            self, ids, mask=mask, key_mask=key_mask, kv_cache=kv_cache, as_array=_checks.torch_tensor,
+            layer_cache_class=LayerCache, kv_cache_class=KVCache,
+        )
+        ids, mask, key_mask = ids.to(self.device), _to(mask, self.device), _to(key_mask, self.device)
+        def compute():  # checked inside the transaction: a NaN born in any layer also puts the cache back
+            logits = self._forward(ids, start, causal, mask, key_mask, kv_cache)
+            return _checks.finite_result("logits", logits, producer="TransformerLM")
+
+        return _doors.run_transaction(kv_cache, compute)
+
+    def _forward(self, ids, start, causal, mask, key_mask, kv_cache):
         x = self.token_embedding[ids] + self.position_embedding[start:start + ids.shape[-1]]  # (..., n, d_model)
-        with _checks.checked_inside():  # the ids were checked above, the logits are checked below
-            for index, block in enumerate(self.blocks):
-                x = block(x, causal=self.causal, mask=mask, kv_cache=None if kv_cache is None else kv_cache[index])
-            logits = self.norm(x) @ self.head  # (..., n, vocab)
-        return _checks.finite_result("logits", logits, producer="TransformerLM")
+        for index, block in enumerate(self.blocks):
+            x = block._forward(x, causal, mask, key_mask, None if kv_cache is None else kv_cache[index])
+        return self.norm._forward(x) @ self.head  # (..., n, vocab_size)
 
     @torch.no_grad()
     def generate(self, prompt_ids, n_new: int, *, use_kv_cache: bool = True) -> torch.Tensor:
         """Greedy decoding. With the cache each step feeds one token; without it, the whole sequence again."""
-        n_new = self._check_generate(prompt_ids, n_new)
-        ids = prompt_ids
+        ids, n_new = _doors.generate_call(self, prompt_ids, n_new, as_array=_checks.torch_tensor)
+        use_kv_cache = _checks.flag("use_kv_cache", use_kv_cache)
+        ids = ids.to(self.device)
         cache = self.new_cache() if use_kv_cache else None
         logits = self(ids, kv_cache=cache)
         for _ in range(n_new):
-            next_id = logits[..., -1, :].argmax(dim=-1, keepdim=True)  # (..., 1)
+            next_id = logits[..., -1, :].argmax(dim=-1, keepdim=True).to(ids.dtype)  # (..., 1)
             ids = torch.cat([ids, next_id], dim=-1)
             logits = self(next_id, kv_cache=cache) if use_kv_cache else self(ids)
         return ids

@@ -15,9 +15,7 @@ from .. import _checks
 
 def _row_block(name: str, x: torch.Tensor) -> torch.Tensor:
     """A block of scores: a floating tensor, at least 1-D, finite except for -inf (masked entries)."""
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
-    return _checks.scores(name, x)
+    return _checks.scores(name, _checks.torch_tensor(name, x))
 
 
 def rescale_factor(m_old: torch.Tensor, m_new: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,14 @@ from .. import _checks
 
 def softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     """exp(x - max) / sum(exp(x - max)) along ``dim``; -inf entries get 0; an all -inf row gives zeros, not NaN."""
-    _checks.scores("x", x)
+    x = _checks.scores("x", _checks.torch_tensor("x", x))
+    if isinstance(dim, bool) or not isinstance(dim, int) or not -x.ndim <= dim < x.ndim:
+        raise ValueError(f"dim must be an integer in [{-x.ndim}, {x.ndim}) for x of shape {tuple(x.shape)}, "
+                         f"got {dim!r}")
+    return _softmax(x, dim)
+
+
+def _softmax(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     m = x.amax(dim=dim, keepdim=True).detach()  # the shift is a constant for the gradient: it cancels out
     m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
     e = torch.exp(x - m)

@@ -3,7 +3,7 @@
 The teacher's desk holds one batch of papers. She keeps two numbers: the best mark so far ``m`` and the
 running total ``l`` of exp(mark - m) over the papers graded. When a batch beats the best mark (80, then a
 paper with 90), every term already in ``l`` was measured against the old best; instead of re-grading, she
-multiplies ``l`` by one factor, exp(m_old - m_new). Python runs ``attnlib.numpy.online_softmax_steps``; the
+multiplies ``l`` by one rescale factor, exp(m_old - m_new). Python runs ``attnlib.numpy.online_softmax_steps``; the
 browser steps through the batches.
 """
 
@@ -67,12 +67,12 @@ class ExamGrader(Figure):
         batches, previous = [], SoftmaxState.empty()
         for index, state in enumerate(states):
             start, end = index * batch_size, min((index + 1) * batch_size, len(x))
-            factor = float(rescale_factor(previous.m, state.m))  # 0 for the first batch: nothing to correct
+            rescale = float(rescale_factor(previous.m, state.m))  # 0 for the first batch: nothing to correct
             batch_sum = float(np.exp(x[start:end] - state.m).sum())  # this batch's terms, against the new best
             batches.append({
                 "start": start, "end": end, "batch_best": float(marks[start:end].max()),
                 "m_old": None if np.isneginf(previous.m) else float(previous.m), "m_new": float(state.m),
-                "l_old": float(previous.l), "factor": factor, "batch_sum": batch_sum, "l_new": float(state.l),
+                "l_old": float(previous.l), "rescale": rescale, "batch_sum": batch_sum, "l_new": float(state.l),
             })
             previous = state
         shares = states[-1].probabilities(x)

@@ -29,7 +29,7 @@ def _numpy_twin(ffn) -> FeedForward:
     if isinstance(ffn, FeedForward):
         return ffn
     if _models.is_torch(ffn) and hasattr(ffn, "config") and {"w_1", "b_1", "w_2", "b_2"} <= set(ffn.state_dict()):
-        return FeedForward.from_torch(ffn)
+        return FeedForward.from_twin(ffn, dtype=np.float64)
     raise TypeError(f"ffn must be an attnlib FeedForward (attnlib.numpy or attnlib.torch), got {type(ffn).__name__}")
 
 

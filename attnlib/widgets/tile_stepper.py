@@ -13,7 +13,7 @@ import traitlets
 
 from .. import _checks
 from ..numpy import attention
-from ..numpy.flash_attention import FlashTrace, flash_attention
+from ..numpy.flash_attention import FlashTrace
 from . import _validate
 from ._base import Figure, esm, to_json_array
 
@@ -40,7 +40,7 @@ def _step_state(step) -> dict:
 class TileStepper(Figure):
     """Step through FlashAttention's tiles for one head: ``TileStepper(trace, reference=None)``.
 
-    ``trace`` is a ``attnlib.numpy.FlashTrace`` filled by ``flash_attention(q, k, v, ..., trace=trace)`` on 2-D
+    ``trace`` is a ``attnlib.numpy.FlashTrace`` made by ``FlashTrace.record(q, k, v, ...)`` on 2-D
     inputs (one head: q (n_q, d_k), k (n_k, d_k), v (n_k, d_v)), or its ``to_dict()``. ``reference`` is the
     full-softmax output (n_q, d_v) to compare with at the end. ``from_qkv`` and ``random`` build both; their
     ``block_q``, ``block_k`` and ``causal`` (and ``seed`` for ``random``) recompute when changed.
@@ -80,7 +80,7 @@ class TileStepper(Figure):
         elif not isinstance(trace, dict):
             raise TypeError(f"trace must be a FlashTrace or FlashTrace.to_dict(), got {type(trace).__name__}")
         if not trace.get("steps"):
-            raise ValueError("trace has no steps: pass trace=FlashTrace() to flash_attention before using it here")
+            raise ValueError("trace has no steps: make it with FlashTrace.record(q, k, v, ...)")
         output = _as_float_array(trace["output"])
         if output.ndim != 2:
             raise ValueError(
@@ -149,8 +149,7 @@ class TileStepper(Figure):
                               for name, x in zip(("q", "k", "v", "scale"), arguments, strict=True))
         if np.ndim(q) != 2:
             raise ValueError(f"q must be one head's queries, shape (n_q, d_k), got shape {np.shape(q)}")
-        trace = FlashTrace()
-        flash_attention(q, k, v, causal=causal, scale=scale, block_q=block_q, block_k=block_k, trace=trace)
+        trace = FlashTrace.record(q, k, v, causal=causal, scale=scale, block_q=block_q, block_k=block_k)
         reference, _ = attention(q, k, v, causal=causal, scale=scale)
         return trace, reference
 

@@ -1,6 +1,6 @@
 // Exam grader: the online softmax of one row, batch by batch. A teacher keeps the best mark so far (m) and the
 // running total l of exp(mark − m) on a sticky note; when a batch beats the best mark, the old total is
-// corrected by one factor, exp(m_old − m_new). The notes were computed by attnlib in Python.
+// corrected by one rescale factor, exp(m_old − m_new). The notes were computed by attnlib in Python.
 
 import { formatNumber, html, mount, stepper, svg, table } from "./_shared.js";
 
@@ -87,19 +87,19 @@ function render({ model, el }) {
       const difference = `${best(batch.m_old)} − ${best(batch.m_new)}`;
       const exponent = temperature === 1 ? difference : `(${difference})${temperatureText}`;
       line(note, [[`A new best! Every term already on the note was measured against ${best(batch.m_old)}. ` +
-        `One correction factor fixes all of them: exp(${exponent}) = `, ""], [format(batch.factor), "attnlib-rescale attnlib-changed"],
+        `One rescale factor fixes all of them: exp(${exponent}) = `, ""], [format(batch.rescale), "attnlib-rescale attnlib-changed"],
       [" — no paper is graded again.", ""]]);
     } else {
-      line(note, [["The best mark did not change, so the correction factor is exp(0) = ", ""],
-        [format(batch.factor), "attnlib-rescale"], [".", ""]]);
+      line(note, [["The best mark did not change, so the rescale factor is exp(0) = ", ""],
+        [format(batch.rescale), "attnlib-rescale"], [".", ""]]);
     }
-    line(note, [[`Running total: l = ${format(batch.l_old)} × ${format(batch.factor)} + ` +
+    line(note, [[`Running total: l = ${format(batch.l_old)} × ${format(batch.rescale)} + ` +
       `${format(batch.batch_sum)} (this batch, against ${best(batch.m_new)}) = `, ""],
     [format(batch.l_new), "attnlib-l attnlib-l-new"]]);
 
     const history = batches.slice(0, index + 1).map((b, k) => [String(k + 1), String(b.batch_best), best(b.m_new),
-      format(b.factor), format(b.l_new)].map((text) => ({ text, className: k === index ? "attnlib-changed" : "" })));
-    table(root, ["batch", "batch best", "m after", "factor on old l", "l after"], history);
+      format(b.rescale), format(b.l_new)].map((text) => ({ text, className: k === index ? "attnlib-changed" : "" })));
+    table(root, ["batch", "batch best", "m after", "rescale of old l", "l after"], history);
 
     if (index === last) {
       const shares = model.get("shares");

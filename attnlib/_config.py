@@ -1,0 +1,129 @@
+"""One definition of each module's configuration, shared by ``attnlib.numpy`` and ``attnlib.torch``.
+
+A configuration is everything a module's constructor needs besides the weights, the dtype and the random seed:
+``MultiHeadAttention(**m.config())`` rebuilds the same architecture, in either namespace. Each dataclass checks
+its own values, so the constructors of both twins validate them with the same code and the same messages, and
+``config()`` is derived from the fields instead of being written out by hand in every class.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from . import _checks
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiHeadAttentionConfig:
+    d_model: int
+    n_heads: int
+    bias: bool = True
+
+    def __post_init__(self):
+        _set(self, "d_model", _checks.positive_int("d_model", self.d_model))
+        _set(self, "n_heads", _checks.positive_int("n_heads", self.n_heads))
+        _checks.divisible(self.d_model, self.n_heads)
+        _set(self, "bias", _checks.flag("bias", self.bias))
+
+
+@dataclasses.dataclass(frozen=True)
+class FeedForwardConfig:
+    d_model: int
+    d_ff: int
+    activation: str = "relu"
+    bias: bool = True
+
+    def __post_init__(self):
+        _set(self, "d_model", _checks.positive_int("d_model", self.d_model))
+        _set(self, "d_ff", _checks.positive_int("d_ff", self.d_ff))
+        _set(self, "activation", _checks.activation(self.activation))
+        _set(self, "bias", _checks.flag("bias", self.bias))
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerNormConfig:
+    d_model: int
+    eps: float = 1e-5
+    bias: bool = True
+
+    def __post_init__(self):
+        _set(self, "d_model", _checks.positive_int("d_model", self.d_model))
+        _set(self, "eps", _checks.positive_float("eps", self.eps))
+        _set(self, "bias", _checks.flag("bias", self.bias))
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerBlockConfig:
+    d_model: int
+    n_heads: int
+    d_ff: int
+    norm_first: bool = False
+    activation: str = "relu"
+    eps: float = 1e-5
+    bias: bool = True
+
+    def __post_init__(self):
+        MultiHeadAttentionConfig(self.d_model, self.n_heads, self.bias)
+        FeedForwardConfig(self.d_model, self.d_ff, self.activation, self.bias)
+        LayerNormConfig(self.d_model, self.eps, self.bias)
+        _set(self, "eps", float(self.eps))
+        _set(self, "norm_first", _checks.flag("norm_first", self.norm_first))
+
+    def attention(self) -> MultiHeadAttentionConfig:
+        return MultiHeadAttentionConfig(self.d_model, self.n_heads, self.bias)
+
+    def feed_forward(self) -> FeedForwardConfig:
+        return FeedForwardConfig(self.d_model, self.d_ff, self.activation, self.bias)
+
+    def norm(self) -> LayerNormConfig:
+        return LayerNormConfig(self.d_model, self.eps, self.bias)
+
+
+@dataclasses.dataclass(frozen=True)
+class TransformerLMConfig:
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    d_ff: int
+    n_layers: int
+    max_len: int
+    norm_first: bool = True
+    activation: str = "gelu"
+    eps: float = 1e-5
+    causal: bool = True
+    bias: bool = True
+
+    def __post_init__(self):
+        _set(self, "vocab_size", _checks.positive_int("vocab_size", self.vocab_size))
+        _set(self, "n_layers", _checks.positive_int("n_layers", self.n_layers))
+        _set(self, "max_len", _checks.positive_int("max_len", self.max_len))
+        _set(self, "causal", _checks.flag("causal", self.causal))
+        self.block()  # checks the rest
+
+    def block(self) -> TransformerBlockConfig:
+        return TransformerBlockConfig(self.d_model, self.n_heads, self.d_ff, self.norm_first, self.activation,
+                                      self.eps, self.bias)
+
+
+def _set(config, name, value) -> None:
+    object.__setattr__(config, name, value)  # the dataclasses are frozen; __post_init__ normalises once
+
+
+class Configured:
+    """Mixin: ``_configure`` validates the constructor arguments and stores them; ``config()`` reads them back.
+
+    Subclasses name their dataclass in ``Config``. The fields become plain attributes (``self.d_model``, ...),
+    which is how the computation reads them.
+    """
+
+    Config: type
+
+    def _configure(self, **arguments):
+        config = self.Config(**arguments)
+        for field in dataclasses.fields(config):
+            setattr(self, field.name, getattr(config, field.name))
+        return config
+
+    def config(self) -> dict:
+        """The constructor arguments that rebuild this architecture (in either namespace), as a plain dict."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self.Config)}

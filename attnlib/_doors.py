@@ -1,0 +1,103 @@
+"""The checks at the door of a self-attention call, written once for both namespaces.
+
+``MultiHeadAttention``, ``TransformerBlock`` and ``TransformerLM`` all take ``causal``, ``mask``, ``key_mask`` and a
+KV cache. Before anything is computed -- and before any cache grows -- these helpers check that the masks fit the
+scores the call will make, (..., n_heads, n_new, n_past + n_new), and that the cache can take the new keys and
+values. Each namespace passes in what differs: how to read an argument as its own array type, and its cache classes.
+"""
+
+from __future__ import annotations
+
+from . import _checks
+
+
+def attention_call(x_shape, *, n_heads: int, d_head: int, dtype, device, causal, mask, key_mask, kv_cache,
+                   as_array, layer_cache_class, kv_cache_class):
+    """Check the masking and cache arguments of self-attention over x of shape (..., n, d_model).
+
+    Returns ``(causal, mask, key_mask)`` ready to combine with "and": ``key_mask`` (..., n_k) is reshaped to
+    (..., 1, 1, n_k) so that it hides the same keys from every head and every query.
+    """
+    batch, n = tuple(x_shape[:-2]), x_shape[-2]
+    if isinstance(kv_cache, kv_cache_class):
+        raise TypeError("kv_cache must be one layer's cache: pass cache[i], not the whole KVCache")
+    if kv_cache is not None and not isinstance(kv_cache, layer_cache_class):
+        raise TypeError(
+            f"kv_cache must be a {layer_cache_class.__module__}.LayerCache or None, got {type(kv_cache).__name__}"
+        )
+    n_past = 0
+    if kv_cache is not None:
+        new = batch + (n_heads, n, d_head)  # the keys and values this call will append
+        kv_cache.check_extends(new, new, dtype, device)
+        n_past = kv_cache.length
+    n_k = n_past + n
+    causal = _checks.flag("causal", causal)
+    target = batch + (n_heads, n, n_k)
+    if mask is not None:
+        mask = as_array("mask", mask)
+        _checks.mask(mask, target)
+    if key_mask is not None:
+        key_mask = as_array("key_mask", key_mask)
+        _checks.key_mask(key_mask, batch, n_k)
+        key_mask = key_mask[..., None, None, :]  # (..., 1, 1, n_k): every head, every query
+    return causal, mask, key_mask
+
+
+def language_model_call(model, ids, *, mask, key_mask, kv_cache, as_array, layer_cache_class, kv_cache_class):
+    """Check a ``TransformerLM`` call; return (ids, start position, causal, mask, key_mask)."""
+    ids = as_array("ids", ids)
+    _checks.token_ids("ids", ids, model.vocab_size)
+    start = 0
+    if kv_cache is not None:
+        if not isinstance(kv_cache, kv_cache_class):
+            raise TypeError(
+                f"kv_cache must be a {kv_cache_class.__module__}.KVCache (model.new_cache()) or None, "
+                f"got {type(kv_cache).__name__}"
+            )
+        if len(kv_cache) != model.n_layers:
+            raise ValueError(f"kv_cache has {len(kv_cache)} layers but the model has {model.n_layers}")
+        lengths = {layer.length for layer in kv_cache.layers}
+        if len(lengths) > 1:
+            raise ValueError(f"kv_cache layers hold different numbers of positions: {sorted(lengths)}")
+        start = kv_cache.length
+        attention = model.blocks[0].attention
+        new = tuple(ids.shape[:-1]) + (attention.n_heads, ids.shape[-1], attention.d_head)
+        for layer in kv_cache.layers:  # all of them, before the first one grows
+            layer.check_extends(new, new, model.dtype, getattr(model, "device", None))
+    n = ids.shape[-1]
+    if start + n > model.max_len:
+        raise ValueError(
+            f"sequence of {start + n} positions (cached {start} + new {n}) exceeds max_len={model.max_len}"
+        )
+    attention = model.blocks[0].attention
+    causal, mask, key_mask = attention_call(
+        tuple(ids.shape) + (model.d_model,), n_heads=attention.n_heads, d_head=attention.d_head, dtype=model.dtype,
+        device=getattr(model, "device", None), causal=model.causal, mask=mask, key_mask=key_mask,
+        kv_cache=None if kv_cache is None else kv_cache[0], as_array=as_array,
+        layer_cache_class=layer_cache_class, kv_cache_class=kv_cache_class,
+    )
+    return ids, start, causal, mask, key_mask
+
+
+def run_transaction(kv_cache, compute):
+    """``compute()``, and if it raises, every layer of ``kv_cache`` is put back as it was before."""
+    if kv_cache is None:
+        return compute()
+    snapshot = kv_cache.snapshot()
+    try:
+        return compute()
+    except BaseException:
+        kv_cache.restore(snapshot)
+        raise
+
+
+def generate_call(model, prompt_ids, n_new, *, as_array):
+    """Check the arguments of ``generate``; return (prompt ids, n_new)."""
+    n_new = _checks.non_negative_int("n_new", n_new)
+    prompt_ids = as_array("prompt_ids", prompt_ids)
+    _checks.token_ids("prompt_ids", prompt_ids, model.vocab_size)
+    if not model.causal:
+        raise ValueError("generate needs a causal model (causal=True); this one is bidirectional")
+    if prompt_ids.shape[-1] + n_new > model.max_len:
+        raise ValueError(f"prompt of {prompt_ids.shape[-1]} tokens + n_new={n_new} exceeds max_len={model.max_len}")
+    return prompt_ids, n_new

@@ -1,0 +1,72 @@
+"""Which tiles of the score matrix a FlashAttention pass visits, masks or skips.
+
+The scores q kᵀ are cut into tiles of ``block_q`` query rows by ``block_k`` key columns. For one block of queries
+a key block is
+
+* ``FULL``    -- every query of the block sees every key of it: no mask is needed;
+* ``MASKED``  -- it crosses the causal diagonal, or it is the ragged last block that runs past ``n_k``: part of it
+  is visible, and a compiled kernel must mask it (the NumPy and torch loops slice exactly, so for them only the
+  causal part matters);
+* ``SKIPPED`` -- causal attention hides all of it from every query of the block: it is never loaded.
+
+Causal attention is aligned bottom-right, as everywhere in attnlib: query row r sits at absolute position
+r + (n_k - n_q) and sees keys 0 .. r + (n_k - n_q). The NumPy loop (``attnlib.numpy.flash_attention``) walks
+the tiles this module lists, and the Triton kernel's index arithmetic (``end_full``, ``end_k``) computes the same
+split on the GPU, which the tests check tile by tile.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import _checks
+
+FULL, MASKED, SKIPPED = 0, 1, 2
+KIND_NAMES = {FULL: "full", MASKED: "masked", SKIPPED: "skipped"}
+
+
+class KeyTile(NamedTuple):
+    j: int  # index of the key block
+    k_start: int
+    k_end: int  # one past the last key of the tile (never beyond n_k)
+    kind: int  # FULL or MASKED
+
+
+def key_tiles(q_start: int, q_end: int, n_q: int, n_k: int, block_k: int, causal: bool) -> list[KeyTile]:
+    """The key blocks that queries ``q_start .. q_end - 1`` visit, in order (the skipped ones are left out)."""
+    offset = n_k - n_q
+    if causal:
+        end_full = min(q_start + offset + 1, n_k)  # keys that even the block's first query sees
+        end_k = min(q_end + offset, n_k)  # keys that its last query sees
+    else:
+        end_full = end_k = n_k
+    end_full = end_full // block_k * block_k  # whole blocks only: a ragged remainder needs a mask
+    return [
+        KeyTile(k_start // block_k, k_start, min(k_start + block_k, n_k), FULL if k_start < end_full else MASKED)
+        for k_start in range(0, end_k, block_k)
+    ]
+
+
+def query_blocks(n_q: int, block_q: int) -> list[tuple[int, int]]:
+    """(q_start, q_end) of each block of queries; the last one may be shorter."""
+    return [(q_start, min(q_start + block_q, n_q)) for q_start in range(0, n_q, block_q)]
+
+
+def tile_plan(n_q: int, n_k: int, block_q: int, block_k: int, *, causal: bool) -> np.ndarray:
+    """(query blocks, key blocks) integer array of FULL, MASKED or SKIPPED, for plotting or counting."""
+    n_q, n_k = _checks.positive_int("n_q", n_q), _checks.positive_int("n_k", n_k)
+    block_q, block_k = _checks.positive_int("block_q", block_q), _checks.positive_int("block_k", block_k)
+    causal = _checks.causal_fits(causal, n_q, n_k, f"n_q={n_q}, n_k={n_k}")
+    plan = np.full((-(-n_q // block_q), -(-n_k // block_k)), SKIPPED)
+    for i, (q_start, q_end) in enumerate(query_blocks(n_q, block_q)):
+        for tile in key_tiles(q_start, q_end, n_q, n_k, block_k, causal):
+            plan[i, tile.j] = tile.kind
+    return plan
+
+
+def causal_visible(q_start: int, q_end: int, k_start: int, k_end: int, offset: int) -> np.ndarray:
+    """(rows, cols) boolean, True where query q_start + r may attend key k_start + c (bottom-right aligned)."""
+    query_positions = np.arange(q_start, q_end)[:, None] + offset  # absolute position of each query row
+    return np.arange(k_start, k_end)[None, :] <= query_positions
