@@ -53,3 +53,14 @@ def test_every_number_in_the_table_comes_from_its_source():
 def test_the_gpu_row_matches_whether_gpu_results_exist():
     has_gpu_results = any((ROOT / "benchmarks" / "results").glob("flash_gpu_*.json"))
     assert ("not measured yet" in measured_section()) == (not has_gpu_results)
+
+
+def test_the_python_example_runs_and_says_what_it_claims():
+    text = (ROOT / "README.md").read_text()
+    example = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    namespace: dict = {}
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert tuple(namespace["y"].shape) == (2, 10, 64)
+    weights = namespace["weights"]
+    assert tuple(weights.shape) == (2, 8, 10, 10) and float(weights[1, :, :, 7:].abs().max()) == 0.0
+    assert namespace["twin"].config() == namespace["ours"].config()
