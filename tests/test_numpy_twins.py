@@ -209,6 +209,14 @@ def test_language_model_logits_generation_and_counts():
     np.testing.assert_array_equal(numpy_model.generate(ids.numpy(), 6), torch_model.generate(ids, 6).numpy())
     assert numpy_model.parameter_counts() == torch_model.parameter_counts()
     assert numpy_model.num_parameters() == sum(p.numel() for p in torch_model.parameters())
+    # last_weights: one (B, H, n, n) entry per layer, the same numbers in both twins, and on every block too.
+    numpy_model(ids.numpy())
+    torch_model(ids)
+    assert len(numpy_model.last_weights) == len(torch_model.last_weights) == 3
+    for ours, theirs, block in zip(numpy_model.last_weights, torch_model.last_weights, numpy_model.blocks, strict=True):
+        assert ours.shape == (2, 4, 9, 9)
+        np.testing.assert_allclose(ours, theirs.numpy(), **TOL)
+        assert block.last_weights is block.attention.last_weights
 
 
 def test_kv_cache_bytes_agree():
