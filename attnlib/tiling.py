@@ -34,19 +34,21 @@ class KeyTile(NamedTuple):
     kind: int  # FULL or MASKED
 
 
-def key_tiles(q_start: int, q_end: int, n_q: int, n_k: int, block_k: int, causal: bool) -> list[KeyTile]:
-    """The key blocks that queries ``q_start .. q_end - 1`` visit, in order (the skipped ones are left out)."""
+def key_tiles(q_start: int, q_end: int, n_q: int, n_k: int, block_k: int,
+              causal: bool) -> list[KeyTile]:
+    """The key blocks that queries q_start .. q_end - 1 visit, in order (skipped ones left out)."""
     offset = n_k - n_q
     if causal:
-        end_full = min(q_start + offset + 1, n_k)  # keys that even the block's first query sees
+        end_full = min(q_start + offset + 1, n_k)  # keys that the block's first query sees
         end_k = min(q_end + offset, n_k)  # keys that its last query sees
     else:
         end_full = end_k = n_k
-    end_full = end_full // block_k * block_k  # whole blocks only: a ragged remainder needs a mask
-    return [
-        KeyTile(k_start // block_k, k_start, min(k_start + block_k, n_k), FULL if k_start < end_full else MASKED)
-        for k_start in range(0, end_k, block_k)
-    ]
+    end_full = end_full // block_k * block_k  # whole blocks only: a ragged end needs a mask
+    tiles = []
+    for k_start in range(0, end_k, block_k):
+        kind = FULL if k_start < end_full else MASKED
+        tiles.append(KeyTile(k_start // block_k, k_start, min(k_start + block_k, n_k), kind))
+    return tiles
 
 
 def query_blocks(n_q: int, block_q: int) -> list[tuple[int, int]]:

@@ -33,19 +33,20 @@ DEFAULT_BLOCK_K = 1024
 
 
 def flash_step(q_block, k_block, v_block, m, l, acc, visible=None):
-    """Fold one block of keys and values into the running state (m, l, acc) of one block of queries.
+    """Fold one block of keys and values into the state (m, l, acc) of a block of queries.
 
-    q_block (..., rows, d_k) already times ``scale``; k_block (..., cols, d_k); v_block (..., cols, d_v);
-    m, l (..., rows) and acc (..., rows, d_v) as left by the previous tile (-inf, 0, 0 before the first);
-    visible: boolean (rows, cols), False = masked, or None. Returns the new (m, l, acc) and the ``rescale``
-    factor that was applied to the old l and acc. Pure: nothing passed in is modified.
+    q_block (..., rows, d_k), already times ``scale``; k_block (..., cols, d_k);
+    v_block (..., cols, d_v); m, l (..., rows) and acc (..., rows, d_v) as the previous
+    tile left them (-inf, 0, 0 before the first); visible: boolean (rows, cols) or None.
+    Returns the new (m, l, acc) and the ``rescale`` factor applied to the old l and acc.
+    Pure: nothing passed in is modified.
     """
-    s = q_block @ np.swapaxes(k_block, -1, -2)  # (..., rows, cols): this tile of scores
+    s = q_block @ np.swapaxes(k_block, -1, -2)  # (..., rows, cols): one tile of scores
     if visible is not None:
         s = np.where(visible, s, -np.inf)  # masked: exactly zero weight after exp
     m_new = np.maximum(m, s.max(axis=-1))  # (..., rows): the running maximum
-    rescale = rescale_factor(m, m_new)  # exp(m - m_new), 1 while a row has seen nothing but -inf
-    p = np.exp(s - _finite(m_new)[..., None])  # (..., rows, cols): unnormalised probabilities, all <= 1
+    rescale = rescale_factor(m, m_new)  # exp(m - m_new); 1 while only -inf was seen
+    p = np.exp(s - _finite(m_new)[..., None])  # (..., rows, cols): all <= 1
     l_new = rescale * l + p.sum(axis=-1)
     acc_new = rescale[..., None] * acc + p @ v_block  # (..., rows, d_v)
     return m_new, l_new, acc_new, rescale
@@ -99,24 +100,28 @@ def _validate(q, k, v, causal, scale, block_q, block_k):
     return q, k, v, causal, float(scale), block_q, block_k
 
 
-def _steps(q, k, v, causal: bool, scale: float, block_q: int, block_k: int) -> Iterator[FlashStep]:
-    """The forward loop on checked arguments, in the compute dtype; yields the state after every tile."""
+def _steps(q, k, v, causal, scale, block_q, block_k) -> Iterator[FlashStep]:
+    """The forward loop on checked arguments; yields the state after every tile."""
     n_q, n_k, d_v = q.shape[-2], k.shape[-2], v.shape[-1]
-    batch_shape = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
     for i, (q_start, q_end) in enumerate(tiling.query_blocks(n_q, block_q)):
-        q_block = q[..., q_start:q_end, :] * q.dtype.type(scale)  # (..., rows, d_k): scale q once, not every tile
-        m = np.full(batch_shape + (q_end - q_start,), -np.inf, dtype=q.dtype)
+        rows = q_end - q_start
+        q_block = q[..., q_start:q_end, :] * q.dtype.type(scale)  # scaled once
+        m = np.full(batch + (rows,), -np.inf, dtype=q.dtype)  # (..., rows)
         l = np.zeros_like(m)
-        acc = np.zeros(batch_shape + (q_end - q_start, d_v), dtype=q.dtype)
+        acc = np.zeros(batch + (rows, d_v), dtype=q.dtype)  # (..., rows, d_v)
         tiles = tiling.key_tiles(q_start, q_end, n_q, n_k, block_k, causal)
         for index, tile in enumerate(tiles):
+            k_start, k_end = tile.k_start, tile.k_end
             visible = None
-            if causal and tile.kind == tiling.MASKED:  # the tile crosses the diagonal: hide the future
-                visible = tiling.causal_visible(q_start, q_end, tile.k_start, tile.k_end, n_k - n_q)
-            keys = slice(tile.k_start, tile.k_end)
-            m_new, l_new, acc, rescale = flash_step(q_block, k[..., keys, :], v[..., keys, :], m, l, acc, visible)
-            yield FlashStep(i, tile.j, (q_start, q_end), (tile.k_start, tile.k_end), tile.kind, visible,
-                            m, m_new, l, l_new, rescale, acc, last=index == len(tiles) - 1)
+            if causal and tile.kind == tiling.MASKED:  # crosses the diagonal
+                visible = tiling.causal_visible(q_start, q_end, k_start, k_end, n_k - n_q)
+            m_new, l_new, acc, rescale = flash_step(
+                q_block, k[..., k_start:k_end, :], v[..., k_start:k_end, :], m, l, acc, visible
+            )
+            yield FlashStep(i, tile.j, (q_start, q_end), (k_start, k_end), tile.kind,
+                            visible, m, m_new, l, l_new, rescale, acc,
+                            last=index == len(tiles) - 1)
             m, l = m_new, l_new
 
 
