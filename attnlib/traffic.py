@@ -36,6 +36,7 @@ A100_SRAM_BYTES = 192 * 1024  # on-chip memory (shared memory + L1) of one A100 
 GPT2_MEDIUM = {"batch": 64, "heads": 16, "n": 1024, "d": 64}  # the attention shape of the paper's Fig. 2
 PAPER_FIG2_GB = {"standard": 40.3, "flash": 4.4}  # HBM reads + writes, forward + backward, GPT-2 medium, A100
 MASK_BYTES_PER_ELEMENT = 1  # a dropout keep-mask stored as bool
+MAX_TILES = 2**20  # (query block, key block) pairs walked one by one: about a second and a half of Python
 
 
 @dataclass
@@ -65,10 +66,13 @@ class Traffic:
 
     def scaled(self, factor: int) -> Traffic:
         """The traffic of ``factor`` identical copies (e.g. every (batch, head) pair)."""
+        factor = _checks.positive_int("factor", factor)
         steps = {name: [r * factor, w * factor] for name, (r, w) in self.steps.items()}
         return Traffic(self.reads * factor, self.writes * factor, steps)
 
     def __add__(self, other: Traffic) -> Traffic:
+        if not isinstance(other, Traffic):
+            return NotImplemented
         result = Traffic(self.reads, self.writes, {name: list(rw) for name, rw in self.steps.items()})
         for name, (r, w) in other.steps.items():
             result.read(name, r)
@@ -89,6 +93,42 @@ def _shape_args(batch, heads, n, d, bytes_per_element):
         _checks.positive_int("d", d),
         _checks.positive_int("bytes_per_element", bytes_per_element),
     )
+
+
+def _on_chip_elements(block_r: int, block_c: int, d: int) -> int:
+    """Elements FlashAttention holds on chip at once: Q_i and O_i (B_r x d each), K_j and V_j (B_c x d each) and
+    the score tile S_ij (B_r x B_c)."""
+    return 2 * d * (block_r + block_c) + block_r * block_c
+
+
+def _fits(block_r: int, block_c: int, d: int, sram_bytes: int, bytes_per_element: int, *, what: str) -> None:
+    need, have = _on_chip_elements(block_r, block_c, d), sram_bytes // bytes_per_element
+    if need > have:
+        raise ValueError(
+            f"{what} (B_r, B_c) = ({block_r}, {block_c}) with d = {d} need {need} elements on chip (Q_i, O_i: B_r x d "
+            f"each; K_j, V_j: B_c x d each; S_ij: B_r x B_c), but sram_bytes = {sram_bytes} holds only {have} "
+            f"elements of bytes_per_element = {bytes_per_element}"
+        )
+
+
+def _flash_blocks(n: int, d: int, e: int, sram_bytes, block_sizes) -> tuple[int, int]:
+    """(B_r, B_c) for flash_attention_traffic, every argument checked before any loop runs: the blocks given
+    (or the paper's for this SRAM) must fit on chip, and the tiles to walk must be at most ``MAX_TILES``."""
+    sram_bytes = _checks.positive_int("sram_bytes", sram_bytes)
+    if block_sizes is None:
+        _fits(1, 1, d, sram_bytes, e, what="even the smallest blocks")
+        block_r, block_c = paper_block_sizes(d, sram_bytes // e)
+    else:
+        if not isinstance(block_sizes, tuple | list) or len(block_sizes) != 2:
+            raise ValueError(f"block_sizes must be a pair (B_r, B_c), got {block_sizes!r:.60}")
+        block_r = _checks.positive_int("block_sizes[0] (B_r)", block_sizes[0])
+        block_c = _checks.positive_int("block_sizes[1] (B_c)", block_sizes[1])
+        _fits(block_r, block_c, d, sram_bytes, e, what="block_sizes")
+    tiles = math.ceil(n / block_r) * math.ceil(n / block_c)
+    if tiles > MAX_TILES:
+        raise ValueError(f"n = {n} with blocks (B_r, B_c) = ({block_r}, {block_c}) makes {tiles} tiles; this model "
+                         f"walks each one, at most {MAX_TILES}: use larger blocks or a shorter sequence")
+    return block_r, block_c
 
 
 def paper_block_sizes(d: int, sram_elements: int) -> tuple[int, int]:
@@ -117,6 +157,7 @@ def standard_attention_traffic(
     Assumptions 1-3 of the module docstring apply.
     """
     batch, heads, n, d, e = _shape_args(batch, heads, n, d, bytes_per_element)
+    backward, dropout = _checks.flag("backward", backward), _checks.flag("dropout", dropout)
     square, thin, mask = n * n * e, n * d * e, n * n * MASK_BYTES_PER_ELEMENT  # one n x n, one n x d, the mask
     t = Traffic()
 
@@ -162,16 +203,13 @@ def flash_attention_traffic(
     and write O_i, l_i, m_i back. Backward: initialise dQ, dK, dV; for each j load K_j, V_j; for each i load
     Q_i, O_i, dO_i, dQ_i, l_i, m_i and write dQ_i; after the inner loop write dK_j, dV_j. The S and P tiles live
     only on chip. Assumptions 1, 3, 4 and 5 of the module docstring apply.
+
+    Explicit ``block_sizes`` must fit in the SRAM (Q_i, O_i, K_j, V_j and the score tile S_ij together; the
+    paper's own sizes are taken as they are), and the loops walk at most ``MAX_TILES`` tiles.
     """
     batch, heads, n, d, e = _shape_args(batch, heads, n, d, bytes_per_element)
-    if block_sizes is None:
-        sram_bytes = _checks.positive_int("sram_bytes", sram_bytes)
-        block_r, block_c = paper_block_sizes(d, max(1, sram_bytes // e))
-    else:
-        if len(block_sizes) != 2:
-            raise ValueError(f"block_sizes must be a pair (B_r, B_c), got {block_sizes!r}")
-        block_r = _checks.positive_int("block_sizes[0] (B_r)", block_sizes[0])
-        block_c = _checks.positive_int("block_sizes[1] (B_c)", block_sizes[1])
+    backward = _checks.flag("backward", backward)
+    block_r, block_c = _flash_blocks(n, d, e, sram_bytes, block_sizes)
     row_blocks, col_blocks = _blocks(n, block_r), _blocks(n, block_c)
     t = Traffic()
 
@@ -204,6 +242,7 @@ def gpt2_medium_comparison(*, sram_bytes: int = A100_SRAM_BYTES, dropout: bool =
     and the block sizes used. GPT-2 trains with attention dropout, which a standard implementation runs as a
     pass of its own, hence ``dropout=True`` by default for the standard algorithm (``False``: bare Algorithm 0).
     """
+    sram_bytes, dropout = _checks.positive_int("sram_bytes", sram_bytes), _checks.flag("dropout", dropout)
     shape = GPT2_MEDIUM
     standard = standard_attention_traffic(**shape, dropout=dropout)
     flash = flash_attention_traffic(**shape, sram_bytes=sram_bytes)

@@ -83,6 +83,10 @@ class Figure(anywidget.AnyWidget):
     _input_names: tuple[str, ...] = ()  # traits whose change triggers a recompute in Python
 
     def __init__(self, **kwargs):
+        # A misspelt option (``heads=2`` for ``head=2``) would otherwise be dropped with only a warning.
+        unknown = sorted(set(kwargs) - set(self.class_trait_names()))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected keyword argument(s) {unknown}")
         super().__init__(**kwargs)
         if self._input_names:
             self.observe(self._on_input_change, names=list(self._input_names))

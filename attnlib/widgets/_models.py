@@ -22,10 +22,15 @@ def to_numpy(array) -> np.ndarray:
 
 
 def check_language_model(model) -> None:
-    if not (hasattr(model, "blocks") and hasattr(model, "causal") and hasattr(model, "new_cache")):
+    if not all(hasattr(model, name) for name in ("blocks", "causal", "new_cache", "vocab_size", "max_len")):
         raise TypeError(
             f"model must be an attnlib TransformerLM (attnlib.numpy or attnlib.torch), got {type(model).__name__}"
         )
+
+
+def layers_and_heads(model) -> tuple[int, int]:
+    """(layers, heads per layer) of an attnlib TransformerLM: the first two axes of its attention maps."""
+    return len(model.blocks), model.blocks[0].attention.n_heads
 
 
 def forward(model, ids, *, kv_cache=None) -> np.ndarray:

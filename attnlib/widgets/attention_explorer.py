@@ -18,6 +18,10 @@ from ._base import Figure, esm, to_json_array
 MAX_TOKENS = 64  # beyond this a label gets fewer than ~8 pixels and the heatmap stops being readable
 MAX_TEMPERATURES = 9  # one button each
 MAX_VALUE_DIM = 32  # one bar per column of the output
+MAX_LAYERS = 48  # one entry each in the layer menu
+MAX_HEADS = 32  # drawn side by side as small multiples when head=ALL_HEADS
+MAX_FRESH_D_MODEL = 128  # the untrained model from_sentence builds: small enough to build in milliseconds
+MAX_FRESH_LAYERS = 12
 ALL_HEADS = -1  # ``head`` value that shows every head of the layer as small multiples
 NO_QUERY = -1  # ``query`` value when no query row is pinned
 
@@ -41,20 +45,29 @@ def _temperatures(temperatures) -> list[float] | None:
     if temperatures is None:
         return None
     if isinstance(temperatures, str | bytes) or not hasattr(temperatures, "__len__"):
-        raise TypeError(f"temperatures must be a list of positive numbers, got {temperatures!r}")
-    values = [_checks.positive_float("temperatures", value) for value in temperatures]
-    if not 1 <= len(values) <= MAX_TEMPERATURES:
+        raise TypeError(f"temperatures must be a list of positive numbers, got {temperatures!r:.100}")
+    if not 1 <= len(temperatures) <= MAX_TEMPERATURES:  # counted before any value is read
         raise ValueError(f"temperatures must hold 1 to {MAX_TEMPERATURES} values (one button each), "
-                         f"got {len(values)}")
+                         f"got {len(temperatures)}")
+    values = [_checks.positive_float("temperatures", value) for value in temperatures]
     if len(set(values)) != len(values):
         raise ValueError(f"temperatures must be distinct, got {values}")
     return values
 
 
-def _to_5d(array: np.ndarray, lead: int) -> np.ndarray:
+def _shape_5d(shape: tuple, lead: int) -> tuple:
     """Insert axes of length 1 after the first ``lead`` axes (1 with a temperature axis, else 0) up to
     (temperatures, layers, heads, n_q, last)."""
-    return array.reshape(array.shape[:lead] + (1,) * (5 - array.ndim) + array.shape[lead:])
+    return shape[:lead] + (1,) * (5 - len(shape)) + shape[lead:]
+
+
+def _maps_fit(name: str, n_temperatures: int, n_layers: int, n_heads: int, n_q: int, n_k: int) -> None:
+    """Refuse maps too many for one figure by their shape, before they are converted or computed; ``name`` is
+    the argument they come from."""
+    for what, size, limit in (("layers", n_layers, MAX_LAYERS), ("heads", n_heads, MAX_HEADS)):
+        if size > limit:
+            raise ValueError(f"{name} gives maps of {size} {what}; this figure shows at most {limit}")
+    _validate.fits(f"the maps of {name}", (n_temperatures, n_layers, n_heads, n_q, n_k))
 
 
 def _weights(name: str, weights, n_q: int, n_k: int, names: tuple[str, str],
@@ -63,41 +76,44 @@ def _weights(name: str, weights, n_q: int, n_k: int, names: tuple[str, str],
 
     Without temperatures the maps are shaped (n_q, n_k), (heads, n_q, n_k) or (layers, heads, n_q, n_k) and get
     a temperature axis of length 1; with them, the first axis holds one such map per temperature."""
-    weights = _validate.as_numpy(name, weights)
     lead = 0 if n_temperatures is None else 1  # the temperature axis, when the caller gives one
-    shapes = "(n_q, n_k), (heads, n_q, n_k) or (layers, heads, n_q, n_k)"
-    if lead:
-        shapes = f"(temperatures, ...) with {n_temperatures} temperatures first, then {shapes}"
-    if weights.ndim not in range(2 + lead, 5 + lead) or (lead and weights.shape[0] != n_temperatures):
-        raise ValueError(f"{name} must have shape {shapes}, got {weights.shape}")
-    if weights.shape[-2:] != (n_q, n_k):
-        query_name, key_name = names
-        counts = (f"n = {n_q} tokens" if query_name == key_name
-                  else f"n_q = {n_q} labels in {query_name} and n_k = {n_k} in {key_name}")
-        raise ValueError(f"{name} must have shape (..., n_q, n_k) = (..., {n_q}, {n_k}) for {counts}, "
-                         f"got {weights.shape}")
-    weights = _to_5d(weights, lead)  # (temperatures, layers, heads, n_q, n_k)
-    row_sums = weights.sum(axis=-1)
-    if (weights < 0).any() or not np.all(np.isclose(row_sums, 1, atol=1e-4) | np.isclose(row_sums, 0)):
-        raise ValueError(f"{name} must be attention weights (non-negative, each row summing to 1)")
+
+    def check_shape(shape):
+        shapes = "(n_q, n_k), (heads, n_q, n_k) or (layers, heads, n_q, n_k)"
+        if lead:
+            shapes = f"(temperatures, ...) with {n_temperatures} temperatures first, then {shapes}"
+        if len(shape) not in range(2 + lead, 5 + lead) or (lead and shape[0] != n_temperatures):
+            raise ValueError(f"{name} must have shape {shapes}, got {shape}")
+        if shape[-2:] != (n_q, n_k):
+            query_name, key_name = names
+            counts = (f"n = {n_q} tokens" if query_name == key_name
+                      else f"n_q = {n_q} labels in {query_name} and n_k = {n_k} in {key_name}")
+            raise ValueError(f"{name} must have shape (..., n_q, n_k) = (..., {n_q}, {n_k}) for {counts}, "
+                             f"got {shape}")
+        _maps_fit(name, *_shape_5d(shape, lead))
+
+    weights = _validate.as_numpy(name, weights, check_shape=check_shape)
+    weights = weights.reshape(_shape_5d(weights.shape, lead))  # (temperatures, layers, heads, n_q, n_k)
+    _validate.attention_weights(name, weights)
     return weights
 
 
 def _outputs(name: str, outputs, weights: np.ndarray, weights_name: str, lead: int) -> np.ndarray:
     """The weighted sums for every map of ``weights`` (temperatures, layers, heads, n_q, n_k), given with the
     same leading axes as the weights, d_v in place of n_k -> (temperatures, layers, heads, n_q, d_v)."""
-    outputs = _validate.as_numpy(name, outputs)
-    given = outputs.shape
-    if outputs.ndim not in range(2 + lead, 6):
-        raise ValueError(f"{name} must have shape (..., n_q, d_v), like {weights_name} with d_v in place of n_k, "
-                         f"got {outputs.shape}")
-    outputs = _to_5d(outputs, lead)  # (temperatures, layers, heads, n_q, d_v)
-    if outputs.shape[:-1] != weights.shape[:-1]:
-        raise ValueError(f"{name} must have one row per query row of {weights_name}: shape (..., n_q, d_v) with "
-                         f"(temperatures, layers, heads, n_q) = {weights.shape[:-1]}, got {given}")
-    if outputs.shape[-1] > MAX_VALUE_DIM:
-        raise ValueError(f"{name} has d_v = {outputs.shape[-1]} columns; at most {MAX_VALUE_DIM} can be drawn")
-    return outputs
+
+    def check_shape(shape):
+        if len(shape) not in range(2 + lead, 6):
+            raise ValueError(f"{name} must have shape (..., n_q, d_v), like {weights_name} with d_v in place of "
+                             f"n_k, got {shape}")
+        if _shape_5d(shape, lead)[:-1] != weights.shape[:-1]:
+            raise ValueError(f"{name} must have one row per query row of {weights_name}: shape (..., n_q, d_v) "
+                             f"with (temperatures, layers, heads, n_q) = {weights.shape[:-1]}, got {shape}")
+        if shape[-1] > MAX_VALUE_DIM:
+            raise ValueError(f"{name} has d_v = {shape[-1]} columns; at most {MAX_VALUE_DIM} can be drawn")
+
+    outputs = _validate.as_numpy(name, outputs, check_shape=check_shape)
+    return outputs.reshape(_shape_5d(outputs.shape, lead))  # (temperatures, layers, heads, n_q, d_v)
 
 
 class AttentionExplorer(Figure):
@@ -155,7 +171,7 @@ class AttentionExplorer(Figure):
             for name, value in data.items():
                 setattr(self, name, value)
             # by default the unmasked map, unless only the causal one was given
-            self.causal = not data["weights"] if causal is None else bool(causal)
+            self.causal = not data["weights"] if causal is None else _checks.flag("causal", causal)
             if temperature is None:
                 temperature = 1.0 if 1.0 in self.temperatures else self.temperatures[0]
             self.temperature = temperature
@@ -275,9 +291,10 @@ class AttentionExplorer(Figure):
         and show every layer and head. ``tokens`` are the labels (one per id); ``options`` go to the
         constructor (``layer``, ``head``, ``causal``, ``title``); ``causal`` defaults to the model's own."""
         tokens = _validate.tokens("tokens", tokens, max_tokens=MAX_TOKENS)
-        ids = np.asarray(ids)
-        if ids.ndim != 1 or len(ids) != len(tokens):
+        ids = _validate.token_ids("ids", ids, model, max_tokens=MAX_TOKENS)
+        if len(ids) != len(tokens):
             raise ValueError(f"ids must be 1-D with one id per token ({len(tokens)} tokens), got shape {ids.shape}")
+        _maps_fit("model", 1, *_models.layers_and_heads(model), len(ids), len(ids))
         maps = _models.attention_maps(model, ids)
         options.setdefault("causal", bool(model.causal))
         return cls(tokens, maps[False], causal_weights=maps[True], **options)
@@ -292,23 +309,34 @@ class AttentionExplorer(Figure):
         (``temperature``, ``query``, ``head``, ``title``)."""
         from ..numpy import attention
 
-        q, k, v = (_validate.as_numpy(name, x) for name, x in (("q", q), ("k", k), ("v", v)))
-        if q.ndim not in (2, 3):
-            raise ValueError(f"q must have shape (n_q, d_k) or (heads, n_q, d_k), got {q.shape}")
-        for name, labels, x in (("query_labels", query_labels, q), ("key_labels", key_labels, k)):
-            labels = _validate.tokens(name, labels, max_tokens=MAX_TOKENS)
-            if len(labels) != x.shape[-2]:
-                what = "query (row of q)" if x is q else "key (row of k)"
-                raise ValueError(f"{name} must have one label per {what}: {len(labels)} labels for "
-                                 f"{'q' if x is q else 'k'} of shape {x.shape}")
-        temperatures = _temperatures(temperatures)
+        labels = {name: _validate.tokens(name, value, max_tokens=MAX_TOKENS)
+                  for name, value in (("query_labels", query_labels), ("key_labels", key_labels))}
+        temperatures = _temperatures((1.0,) if temperatures is None else temperatures)
         scale = _checks.scale(scale)
+
+        def rows_labelled(array_name, labels_name, what):
+            def check_shape(shape):
+                if len(shape) not in (2, 3):
+                    raise ValueError(f"{array_name} must have shape (n, d) or (heads, n, d), got {shape}")
+                if array_name == "q":  # the heads, queries and keys of the maps to come, before computing them
+                    _maps_fit("q", len(temperatures), 1, shape[0] if len(shape) == 3 else 1, shape[-2],
+                              len(labels["key_labels"]))
+                if labels_name and len(labels[labels_name]) != shape[-2]:
+                    raise ValueError(f"{labels_name} must have one label per {what}: {len(labels[labels_name])} "
+                                     f"labels for {array_name} of shape {shape}")
+                if array_name == "v" and shape[-1] > MAX_VALUE_DIM:
+                    raise ValueError(f"v has d_v = {shape[-1]} columns; at most {MAX_VALUE_DIM} can be drawn")
+            return check_shape
+
+        q = _validate.as_numpy("q", q, check_shape=rows_labelled("q", "query_labels", "query (row of q)"))
+        k = _validate.as_numpy("k", k, check_shape=rows_labelled("k", "key_labels", "key (row of k)"))
+        v = _validate.as_numpy("v", v, check_shape=rows_labelled("v", None, ""))
         base = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
         results = [attention(q, k, v, scale=base / temperature) for temperature in temperatures]
         outputs = np.stack([output for output, _ in results])  # (temperatures, [heads,] n_q, d_v)
         weights = np.stack([weights for _, weights in results])  # (temperatures, [heads,] n_q, n_k)
-        return cls(weights=weights, outputs=outputs, query_labels=query_labels, key_labels=key_labels,
-                   value_labels=value_labels, temperatures=temperatures, **options)
+        return cls(weights=weights, outputs=outputs, query_labels=labels["query_labels"],
+                   key_labels=labels["key_labels"], value_labels=value_labels, temperatures=temperatures, **options)
 
     @classmethod
     def from_sentence(cls, sentence: str, *, model=None, tokenizer=None, seed: int = 0, d_model: int = 32,
@@ -317,12 +345,28 @@ class AttentionExplorer(Figure):
 
         With ``model`` and ``tokenizer`` (e.g. from ``attnlib.pretrained.load``), the tokenizer encodes the
         sentence and that model runs. Without them, a fresh, untrained ``attnlib.numpy.TransformerLM`` of the
-        given size is initialised from ``seed`` (word ids are a hash of the word, so the same word always
-        gets the same embedding): its patterns are what random weights give, not learned ones.
+        given size (d_model at most 128, at most 12 layers) is initialised from ``seed`` (word ids are a hash of
+        the word, so the same word always gets the same embedding): its patterns are what random weights give,
+        not learned ones.
         """
         if (model is None) != (tokenizer is None):
             raise ValueError("give both model and tokenizer, or neither (for a fresh model built from seed)")
-        source = (model, tokenizer, {"d_model": d_model, "n_heads": n_heads, "n_layers": n_layers})
+        if model is None:
+            options_of_model = {"d_model": _validate.at_most("d_model", d_model, MAX_FRESH_D_MODEL,
+                                                             why="the width of the fresh model"),
+                                "n_heads": _validate.at_most("n_heads", n_heads, MAX_HEADS,
+                                                             why="one small multiple per head"),
+                                "n_layers": _validate.at_most("n_layers", n_layers, MAX_FRESH_LAYERS,
+                                                              why="the depth of the fresh model")}
+            _checks.divisible(options_of_model["d_model"], options_of_model["n_heads"])
+        else:
+            _models.check_language_model(model)
+            missing = [name for name in ("tokenize", "encode") if not callable(getattr(tokenizer, name, None))]
+            if missing:
+                raise TypeError(f"tokenizer must have tokenize() and encode() (e.g. attnlib.pretrained's "
+                                f"WordTokenizer), got {type(tokenizer).__name__} without {missing}")
+            options_of_model = {}
+        source = (model, tokenizer, options_of_model)
         tokens, maps = cls._sentence_maps(source, sentence, seed)
         explorer = cls(tokens, maps[False], causal_weights=maps[True], **options)
         explorer.sentence, explorer.seed = sentence, seed  # no source yet, so this does not recompute
@@ -333,19 +377,23 @@ class AttentionExplorer(Figure):
     def _sentence_maps(source, sentence, seed) -> tuple[list[str], dict[bool, np.ndarray]]:
         """The sentence's tokens and its attention maps, with (True) and without (False) the causal mask."""
         model, tokenizer, options = source
-        sentence, seed = _validate.sentence(sentence), _validate.seed(seed)
+        sentence, seed = _validate.sentence(sentence, max_tokens=MAX_TOKENS), _validate.seed(seed)
         if tokenizer is not None:
-            tokens, ids = tokenizer.tokenize(sentence), tokenizer.encode(sentence)
+            tokens = _validate.tokens("sentence", tokenizer.tokenize(sentence), max_tokens=MAX_TOKENS)
+            ids = _validate.token_ids("sentence", tokenizer.encode(sentence), model, max_tokens=MAX_TOKENS)
+            if len(ids) != len(tokens):
+                raise ValueError(f"tokenizer gave {len(tokens)} tokens but {len(ids)} ids for {sentence!r}")
+            _maps_fit("model", 1, *_models.layers_and_heads(model), len(ids), len(ids))
         else:
             from ..numpy import TransformerLM
 
+            tokens = _validate.tokens("sentence", _models.split_words(sentence), max_tokens=MAX_TOKENS)
+            _maps_fit("n_layers and n_heads", 1, options["n_layers"], options["n_heads"], len(tokens), len(tokens))
             vocab_size = 1024
             model = TransformerLM(vocab_size, options["d_model"], options["n_heads"], 4 * options["d_model"],
                                   options["n_layers"], MAX_TOKENS, seed=seed)
-            tokens = _models.split_words(sentence)
-            ids = _models.hashed_ids(tokens, vocab_size)
-        tokens = _validate.tokens("sentence", tokens, max_tokens=MAX_TOKENS)
-        return tokens, _models.attention_maps(model, np.asarray(ids))
+            ids = np.asarray(_models.hashed_ids(tokens, vocab_size))
+        return tokens, _models.attention_maps(model, ids)
 
     def _recompute(self):
         if self._source is None:

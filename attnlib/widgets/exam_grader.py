@@ -55,14 +55,21 @@ class ExamGrader(Figure):
 
     @staticmethod
     def _data(marks, batch_size, temperature) -> dict:
-        marks = _validate.as_numpy("marks", marks)
-        if marks.ndim != 1:
-            raise ValueError(f"marks must be 1-D (one row of scores), got shape {marks.shape}")
-        if len(marks) > MAX_MARKS:
-            raise ValueError(f"marks has {len(marks)} entries; at most {MAX_MARKS} can be drawn legibly")
         batch_size = _checks.positive_int("batch_size", batch_size)
         temperature = _checks.positive_float("temperature", temperature)
-        x = marks / temperature  # the row whose softmax the teacher computes
+
+        def one_row(shape):
+            if len(shape) != 1:
+                raise ValueError(f"marks must be 1-D (one row of scores), got shape {shape}")
+            if shape[0] > MAX_MARKS:
+                raise ValueError(f"marks has {shape[0]} entries; at most {MAX_MARKS} can be drawn legibly")
+
+        marks = _validate.as_numpy("marks", marks, check_shape=one_row)
+        with np.errstate(over="ignore"):  # an overflow is reported just below, by name
+            x = marks / temperature  # the row whose softmax the teacher computes
+        if not np.isfinite(x).all():
+            raise ValueError(f"temperature = {temperature} is too small for these marks: marks / temperature "
+                             f"overflows to infinity (largest mark {np.abs(marks).max():.4g})")
         states = online_softmax_steps(x, batch_size)
         batches, previous = [], SoftmaxState.empty()
         for index, state in enumerate(states):
@@ -103,6 +110,9 @@ class ExamGrader(Figure):
         batch_size = _checks.positive_int("batch_size", batch_size)
         if n_batches < 2:
             raise ValueError(f"n_batches must be at least 2 for the story (80, then a 90), got {n_batches}")
+        if n_batches * batch_size > MAX_MARKS:  # before drawing them
+            raise ValueError(f"n_batches * batch_size = {n_batches} * {batch_size} marks; at most {MAX_MARKS} can be "
+                             "drawn legibly")
         rng = np.random.default_rng(seed)
         batches = []
         for best in [80, 90] + [int(rng.integers(70, 90)) for _ in range(n_batches - 2)]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 import traitlets
 
+from .. import _checks
 from ..numpy import FeedForward
 from ..numpy.feedforward import ACTIVATION_FUNCTIONS
 from . import _models, _validate
@@ -24,13 +25,42 @@ MAX_D_MODEL = 128  # one cell per output number in the scaled-value strips
 MAX_READOUT = 24  # one bar per readout word
 
 
-def _numpy_twin(ffn) -> FeedForward:
-    """The float64 attnlib.numpy twin of an attnlib FeedForward (the module itself when it already is one)."""
-    if isinstance(ffn, FeedForward):
-        return ffn
-    if _models.is_torch(ffn) and hasattr(ffn, "config") and {"w_1", "b_1", "w_2", "b_2"} <= set(ffn.state_dict()):
-        return FeedForward.from_twin(ffn, dtype=np.float64)
-    raise TypeError(f"ffn must be an attnlib FeedForward (attnlib.numpy or attnlib.torch), got {type(ffn).__name__}")
+def _is_torch_feed_forward(module) -> bool:
+    """An attnlib.torch FeedForward; torch is imported only for a module that is a torch one already."""
+    if not _models.is_torch(module):
+        return False
+    from ..torch import FeedForward as TorchFeedForward
+
+    return isinstance(module, TorchFeedForward)
+
+
+def _numpy_twin(ffn, *, max_d_ff: int | None = None, max_d_model: int | None = None) -> FeedForward:
+    """The float64 attnlib.numpy twin of an attnlib FeedForward (the module itself when it already is one), its
+    sizes checked against the limits given before any weight is copied, its weights checked finite."""
+    if not (isinstance(ffn, FeedForward) or _is_torch_feed_forward(ffn)):
+        raise TypeError(f"ffn must be an attnlib FeedForward (attnlib.numpy or attnlib.torch), got "
+                        f"{type(ffn).__name__}")
+    if max_d_ff is not None and ffn.d_ff > max_d_ff:
+        raise ValueError(f"ffn has d_ff = {ffn.d_ff} slots; at most {max_d_ff} can be drawn (one row each)")
+    if max_d_model is not None and ffn.d_model > max_d_model:
+        raise ValueError(f"ffn has d_model = {ffn.d_model}; at most {max_d_model} can be drawn")
+    twin = ffn if isinstance(ffn, FeedForward) else FeedForward.from_twin(ffn, dtype=np.float64)
+    for name in ("w_1", "b_1", "w_2", "b_2") if twin.bias else ("w_1", "w_2"):
+        _checks.floating_array(f"ffn.{name}", getattr(twin, name))
+    return twin
+
+
+def _inputs(inputs, d_model: int, *, max_inputs: int | None = None) -> np.ndarray:
+    """(n_inputs, d_model) inputs, their shape checked before they are converted."""
+
+    def check_shape(shape):
+        if len(shape) != 2 or shape[1] != d_model:
+            raise ValueError(f"inputs must have shape (n_inputs, d_model) = (n_inputs, {d_model}), got {shape}")
+        if max_inputs is not None and shape[0] > max_inputs:
+            raise ValueError(f"inputs has {shape[0]} rows; at most {max_inputs} inputs can be drawn (one button "
+                             "each)")
+
+    return _validate.as_numpy("inputs", inputs, check_shape=check_shape)
 
 
 def _readout(readout, d_model: int) -> tuple[list[str], np.ndarray]:
@@ -43,14 +73,17 @@ def _readout(readout, d_model: int) -> tuple[list[str], np.ndarray]:
         raise TypeError(f"readout must be a dict {{label: vector}} or a pair (labels, vectors), got "
                         f"{type(readout).__name__}")
     labels = _validate.tokens("readout", labels, max_tokens=MAX_READOUT)
-    vectors = list(vectors)
+    if isinstance(vectors, str | bytes) or not hasattr(vectors, "__len__"):
+        raise TypeError(f"readout vectors must be a list of vectors, got {type(vectors).__name__}")
     if len(vectors) != len(labels):
         raise ValueError(f"readout must hold one vector per label, got {len(vectors)} vectors for {len(labels)} labels")
-    vectors = [_validate.as_numpy(f"readout[{label!r}]", vector) for label, vector in zip(labels, vectors, strict=True)]
-    wrong = [(label, v.shape) for label, v in zip(labels, vectors, strict=True) if v.shape != (d_model,)]
+    vectors = list(vectors)
+    wrong = [(label, shape) for label, vector in zip(labels, vectors, strict=True)
+             if (shape := _validate.shape_of(vector)) != (d_model,)]
     if wrong:
         raise ValueError(f"readout vectors must have shape (d_model,) = ({d_model},), got {wrong[:3]}")
-    vectors = np.stack(vectors)  # (n_words, d_model)
+    vectors = np.stack([_validate.as_numpy(f"readout[{label!r}]", vector)
+                        for label, vector in zip(labels, vectors, strict=True)])  # (n_words, d_model)
     if (np.linalg.norm(vectors, axis=1) == 0).any():
         raise ValueError("readout vectors must be nonzero (the output is compared with each by cosine similarity)")
     return labels, vectors
@@ -69,12 +102,19 @@ def memory_reading(ffn, inputs) -> dict[str, np.ndarray]:
     ``pre_activation`` (n_inputs, d_ff) is x . k_j + b_1j; ``gates`` the activation of it; ``outputs`` the FFN's
     own forward pass; ``contributions`` (n_inputs, d_ff, d_model) is gate_j v_j, so that
     outputs = contributions.sum(1) + b_2. The ``linear_*`` entries are the same without the activation: the
-    pre-activations themselves scale the values."""
+    pre-activations themselves scale the values. An FFN without biases reads as one whose biases are zero."""
     twin = _numpy_twin(ffn)
-    x = _validate.as_numpy("inputs", inputs)
-    if x.ndim != 2 or x.shape[1] != twin.d_model:
-        raise ValueError(f"inputs must have shape (n_inputs, d_model) = (n_inputs, {twin.d_model}), got {x.shape}")
-    pre_activation = x @ twin.w_1 + twin.b_1  # (n_inputs, d_ff): how well x matches each key, minus the threshold
+    x = _inputs(inputs, twin.d_model)
+    _validate.fits("contributions", (len(x), twin.d_ff, twin.d_model))
+    return _reading(twin, x)
+
+
+def _reading(twin: FeedForward, x: np.ndarray) -> dict[str, np.ndarray]:
+    """memory_reading's computation, on a checked twin and checked inputs, in the twin's dtype."""
+    dtype = twin.w_1.dtype
+    x = x.astype(dtype, copy=False)
+    b_1, b_2 = (twin.b_1, twin.b_2) if twin.bias else (np.zeros(twin.d_ff, dtype), np.zeros(twin.d_model, dtype))
+    pre_activation = x @ twin.w_1 + b_1  # (n_inputs, d_ff): how well x matches each key, minus the threshold
     gates = ACTIVATION_FUNCTIONS[twin.activation](pre_activation)  # (n_inputs, d_ff)
     values = twin.w_2  # (d_ff, d_model): row j is slot j's value
     return {
@@ -83,8 +123,8 @@ def memory_reading(ffn, inputs) -> dict[str, np.ndarray]:
         "contributions": gates[:, :, None] * values[None],  # (n_inputs, d_ff, d_model)
         "outputs": twin(x),  # (n_inputs, d_model), attnlib's forward pass
         "linear_contributions": pre_activation[:, :, None] * values[None],  # (n_inputs, d_ff, d_model)
-        "linear_outputs": pre_activation @ values + twin.b_2,  # the two linear maps with nothing between them
-        "bias": twin.b_2,
+        "linear_outputs": pre_activation @ values + b_2,  # the two linear maps with nothing between them
+        "bias": b_2,
     }
 
 
@@ -125,28 +165,24 @@ class FeedForwardMemoryView(Figure):
             for name, value in data.items():
                 setattr(self, name, value)
             self.input_index = input_index
-            self.activation = bool(activation)
+            self.activation = _checks.flag("activation", activation)
             self.title = str(title)
 
     @staticmethod
     def _data(ffn, inputs, input_labels, slot_labels, readout) -> dict:
-        twin = _numpy_twin(ffn)
-        if twin.d_ff > MAX_SLOTS:
-            raise ValueError(f"ffn has d_ff = {twin.d_ff} slots; at most {MAX_SLOTS} can be drawn (one row each)")
-        if twin.d_model > MAX_D_MODEL:
-            raise ValueError(f"ffn has d_model = {twin.d_model}; at most {MAX_D_MODEL} can be drawn")
-        reading = memory_reading(twin, inputs)
-        n_inputs = len(reading["outputs"])
+        twin = _numpy_twin(ffn, max_d_ff=MAX_SLOTS, max_d_model=MAX_D_MODEL)
         input_labels = _validate.tokens("input_labels", input_labels, max_tokens=MAX_INPUTS)
-        if len(input_labels) != n_inputs:
+        x = _inputs(inputs, twin.d_model, max_inputs=MAX_INPUTS)
+        if len(input_labels) != len(x):
             raise ValueError(f"input_labels must have one label per row of inputs: {len(input_labels)} labels for "
-                             f"inputs of shape {(n_inputs, twin.d_model)}")
+                             f"inputs of shape {x.shape}")
         if slot_labels is None:
             slot_labels = [f"slot {j}" for j in range(twin.d_ff)]
         slot_labels = _validate.tokens("slot_labels", slot_labels, max_tokens=MAX_SLOTS)
         if len(slot_labels) != twin.d_ff:
             raise ValueError(f"slot_labels must have one label per slot: d_ff = {twin.d_ff}, got {len(slot_labels)}")
         readout_labels, vectors = ([], None) if readout is None else _readout(readout, twin.d_model)
+        reading = _reading(twin, x)
 
         def mode(prefix: str, gates) -> dict:
             outputs = reading[f"{prefix}outputs"]

@@ -25,7 +25,13 @@ MAX_DIM = 32  # columns of the key and value matrices drawn
 def expected_work(n_prompt: int, n_steps: int, *, n_layers: int = 1, n_heads: int = 1) -> dict:
     """Work per step, by counting: step 0 reads the prompt, step s >= 1 reads one new token (with the cache) or
     the whole sequence of n_prompt + s tokens again (without). Scores: every head of every layer computes an
-    (n_query x n_key) matrix of them; with causal attention on the whole sequence that is the full square."""
+    (n_query x n_key) matrix of them; with causal attention on the whole sequence that is the full square.
+    At most ``MAX_TOKENS`` positions (n_prompt + n_steps - 1), as the figure draws."""
+    n_prompt, n_steps = _checks.positive_int("n_prompt", n_prompt), _checks.positive_int("n_steps", n_steps)
+    n_layers, n_heads = _checks.positive_int("n_layers", n_layers), _checks.positive_int("n_heads", n_heads)
+    if n_prompt + n_steps - 1 > MAX_TOKENS:
+        raise ValueError(f"n_prompt + n_steps - 1 = {n_prompt + n_steps - 1} positions; the figure shows at most "
+                         f"{MAX_TOKENS}")
     with_rows, with_scores, without_rows, without_scores = [], [], [], []
     for step in range(n_steps):
         length = n_prompt + step  # positions in the cache after this step
@@ -38,6 +44,29 @@ def expected_work(n_prompt: int, n_steps: int, *, n_layers: int = 1, n_heads: in
             "without_cache": {"kv_rows": without_rows, "scores": without_scores}}
 
 
+WAYS, COUNTS = ("with_cache", "without_cache"), ("kv_rows", "scores")
+
+
+def _work(work, n_steps: int) -> dict:
+    """``work`` as ``expected_work`` returns it: for each way, one non-negative integer count per step."""
+    if not isinstance(work, dict) or set(work) != set(WAYS):
+        raise ValueError(f"work must be a dict with the keys {list(WAYS)} (as expected_work returns), got "
+                         f"{sorted(work) if isinstance(work, dict) else type(work).__name__}")
+    checked = {}
+    for way in WAYS:
+        if not isinstance(work[way], dict) or set(work[way]) != set(COUNTS):
+            raise ValueError(f"work[{way!r}] must be a dict with the keys {list(COUNTS)}, got {work[way]!r:.100}")
+        checked[way] = {}
+        for count in COUNTS:
+            values = work[way][count]
+            if not isinstance(values, list | tuple) or len(values) != n_steps:
+                raise ValueError(f"work[{way!r}][{count!r}] must be a list of {n_steps} counts (one per step), got "
+                                 f"{values!r:.100}")
+            checked[way][count] = [_checks.non_negative_int(f"work[{way!r}][{count!r}][{step}]", value)
+                                   for step, value in enumerate(values)]
+    return checked
+
+
 def _layer_attention_sizes(model) -> int:
     """Attention scores the last forward pass computed, over all layers and heads (batch of one)."""
     return sum(math.prod(block.attention.last_weights.shape) for block in model.blocks)
@@ -48,19 +77,16 @@ def decode_with_and_without_cache(model, prompt_ids, n_new: int, *, layer: int, 
     _models.check_language_model(model)
     if not model.causal:
         raise ValueError("model must be causal (a decoder) to generate; this one is bidirectional")
-    n_layers, n_heads = len(model.blocks), model.blocks[0].attention.n_heads
+    n_layers, n_heads = _models.layers_and_heads(model)
     layer = _validate.index("layer", layer, n_layers, what="layers")
     head = _validate.index("head", head, n_heads, what="heads")
-    prompt = [int(i) for i in np.asarray(prompt_ids).reshape(-1)]
     n_new = _checks.positive_int("n_new", n_new)
-    if not prompt:
-        raise ValueError("prompt_ids must hold at least one token id")
+    prompt = _validate.token_ids("prompt_ids", prompt_ids, model, max_tokens=MAX_TOKENS).tolist()
     if len(prompt) + n_new > min(model.max_len, MAX_TOKENS):
         raise ValueError(
             f"prompt of {len(prompt)} tokens + n_new={n_new} is more than the {min(model.max_len, MAX_TOKENS)} "
             f"positions this figure can show (model.max_len={model.max_len}, at most {MAX_TOKENS} drawn)"
         )
-    _checks.token_ids("prompt_ids", np.asarray(prompt), model.vocab_size)
 
     cache = model.new_cache()
     ids, weights, work_with, logits_with = list(prompt), [], [], []
@@ -84,11 +110,21 @@ def decode_with_and_without_cache(model, prompt_ids, n_new: int, *, layer: int, 
         logits = _models.forward(model, sequence)
         work_without.append((len(sequence) * n_layers, _layer_attention_sizes(model)))
         logit_gap = max(logit_gap, float(np.abs(logits[-1] - logits_with[step]).max()))
-    return {"ids": ids, "keys": keys, "values": values, "weights": weights, "logit_gap": logit_gap,
+    return {"ids": ids, "n_prompt": len(prompt), "keys": keys, "values": values, "weights": weights,
+            "logit_gap": logit_gap,
             "work": {"with_cache": {"kv_rows": [w[0] for w in work_with], "scores": [w[1] for w in work_with]},
                      "without_cache": {"kv_rows": [w[0] for w in work_without],
                                        "scores": [w[1] for w in work_without]}},
             "n_layers": n_layers, "n_heads": n_heads}
+
+
+def _row_over_cache(step: int, n_prompt: int):
+    """The shape check of step ``step``'s weights: one weight per cached key, n_prompt + step of them."""
+    def check_shape(shape):
+        if shape != (n_prompt + step,):
+            raise ValueError(f"weights must hold one row per step, row s over the n_prompt + s cached keys: "
+                             f"weights[{step}] must have shape ({n_prompt + step},), got {shape}")
+    return check_shape
 
 
 class KVCacheView(Figure):
@@ -136,22 +172,34 @@ class KVCacheView(Figure):
         if n_prompt >= len(tokens):
             raise ValueError(f"n_prompt must leave at least one generated token, got n_prompt={n_prompt} for "
                              f"{len(tokens)} tokens")
-        matrices = {}
-        for name, matrix in (("keys", keys), ("values", values)):  # stored as cache_keys, cache_values
-            matrix = _validate.as_numpy(name, matrix)
-            if matrix.ndim != 2 or matrix.shape[0] != len(tokens):
-                raise ValueError(f"{name} must have shape (n_tokens, d_head) = ({len(tokens)}, d), got {matrix.shape}")
-            if matrix.shape[1] > MAX_DIM:
-                raise ValueError(f"{name} has d_head = {matrix.shape[1]} columns; at most {MAX_DIM} can be drawn")
-            matrices[f"cache_{name}"] = to_json_array(matrix)
         n_steps = len(tokens) - n_prompt + 1
+        if weights is not None and (isinstance(weights, str) or not hasattr(weights, "__len__")
+                                    or len(weights) != n_steps):
+            raise ValueError(f"weights must hold {n_steps} rows, row s over the n_prompt + s cached keys, got "
+                             f"{weights!r:.100}")
+        work = expected_work(n_prompt, n_steps) if work is None else _work(work, n_steps)
+
+        def cache_shape(name):
+            def check_shape(shape):
+                if len(shape) != 2 or shape[0] != len(tokens):
+                    raise ValueError(f"{name} must have shape (n_tokens, d_head) = ({len(tokens)}, d), got {shape}")
+                if shape[1] > MAX_DIM:
+                    raise ValueError(f"{name} has d_head = {shape[1]} columns; at most {MAX_DIM} can be drawn")
+            return check_shape
+
+        keys = _validate.as_numpy("keys", keys, check_shape=cache_shape("keys"))
+        values = _validate.as_numpy("values", values, check_shape=cache_shape("values"))
+        if keys.shape != values.shape:
+            raise ValueError(f"keys and values must have the same shape (n_tokens, d_head), got {keys.shape} and "
+                             f"{values.shape}")
         if weights is not None:
-            if len(weights) != n_steps or any(len(row) != n_prompt + s for s, row in enumerate(weights)):
-                raise ValueError(f"weights must hold {n_steps} rows, row s over the n_prompt + s cached keys")
-            weights = [to_json_array(row) for row in weights]
-        work = expected_work(n_prompt, n_steps) if work is None else work
-        return {"tokens": tokens, "n_prompt": n_prompt, **matrices, "weights": weights or [], "work": work,
-                "logit_gap": float(logit_gap), "n_new": n_steps - 1}
+            weights = [_validate.as_numpy(f"weights[{s}]", row, check_shape=_row_over_cache(s, n_prompt))
+                       for s, row in enumerate(weights)]
+            for s, row in enumerate(weights):
+                _validate.attention_weights(f"weights[{s}]", row)
+        return {"tokens": tokens, "n_prompt": n_prompt, "cache_keys": to_json_array(keys),
+                "cache_values": to_json_array(values), "weights": [to_json_array(row) for row in weights or []],
+                "work": work, "logit_gap": float(logit_gap), "n_new": n_steps - 1}
 
     @traitlets.validate("step")
     def _check_step(self, proposal):
@@ -165,6 +213,17 @@ class KVCacheView(Figure):
         come from ``tokenizer.decode([id])``, or ``vocabulary[id]``, or else read ``#id``."""
         if tokenizer is not None and vocabulary is not None:
             raise ValueError("give tokenizer or vocabulary, not both")
+        _models.check_language_model(model)
+        if tokenizer is not None and not callable(getattr(tokenizer, "decode", None)):
+            raise TypeError(f"tokenizer must have a decode() method, got {type(tokenizer).__name__}")
+        if vocabulary is not None:
+            if isinstance(vocabulary, str | bytes) or not hasattr(vocabulary, "__getitem__") \
+                    or not hasattr(vocabulary, "__len__"):
+                raise TypeError(f"vocabulary must be a list of words (vocabulary[id] labels token id), got "
+                                f"{type(vocabulary).__name__}")
+            if len(vocabulary) < model.vocab_size:
+                raise ValueError(f"vocabulary must label every token id of the model: {len(vocabulary)} words for "
+                                 f"model.vocab_size = {model.vocab_size}")
         source = (model, prompt_ids, tokenizer, vocabulary)
         data = cls._decode(source, n_new, layer, head)
         logit_gap = data.pop("logit_gap")
@@ -185,8 +244,7 @@ class KVCacheView(Figure):
                 return str(vocabulary[token_id])
             return f"#{token_id}"
 
-        n_prompt = len(np.asarray(prompt_ids).reshape(-1))
-        return {"tokens": [label(i) for i in result["ids"]], "n_prompt": n_prompt, "keys": result["keys"],
+        return {"tokens": [label(i) for i in result["ids"]], "n_prompt": result["n_prompt"], "keys": result["keys"],
                 "values": result["values"], "weights": result["weights"], "work": result["work"],
                 "logit_gap": result["logit_gap"]}
 

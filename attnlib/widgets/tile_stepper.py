@@ -21,19 +21,49 @@ MAX_TOKENS = 32  # query or key positions: beyond this the score grid's cells ge
 MAX_DIM = 16  # columns of the accumulator table
 
 
-def _as_float_array(value) -> np.ndarray:
-    """An array, or nested lists that may hold None for -inf (as ``FlashTrace.to_dict`` writes them), as floats."""
+TRACE_KEYS = ("n_q", "n_k", "block_q", "block_k", "causal", "skipped", "steps", "output")
+STEP_ARRAYS = ("scores", "m_old", "m_new", "l_old", "l_new", "rescale", "acc")
+
+
+def _sizes(n_q: int, n_k: int, d_v: int, *, d_v_name: str = "d_v") -> None:
+    """Refuse a problem too large to draw, before anything is computed for it."""
+    for name, size, limit in (("n_q", n_q, MAX_TOKENS), ("n_k", n_k, MAX_TOKENS), (d_v_name, d_v, MAX_DIM)):
+        if size > limit:
+            raise ValueError(f"{name} = {size} is too large to draw legibly; the tile stepper shows at most "
+                             f"{limit} (use a smaller example: the algorithm is the same)")
+
+
+def _trace_array(name: str, value) -> np.ndarray:
+    """An array, or nested lists that may hold None for -inf (as ``FlashTrace.to_dict`` writes them), as floats:
+    not larger than a figure holds, and finite except for -inf (a masked score, or a maximum before any key)."""
+    _validate.fits(name, _validate.shape_of(value))
     array = np.array(value, dtype=object)
-    return np.where(array == None, -np.inf, array).astype(np.float64)  # noqa: E711 - elementwise None test
+    try:
+        array = np.where(array == None, -np.inf, array).astype(np.float64)  # noqa: E711 - elementwise None test
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must hold numbers (None for -inf), got {value!r:.100}") from None
+    return _checks.scores(name, array)
 
 
-def _step_state(step) -> dict:
-    """One FlashStep (or its to_dict() form) as rounded JSON lists, -inf as null."""
-    get = step.get if isinstance(step, dict) else lambda name: getattr(step, name)
-    state = {"i": int(get("i")), "j": int(get("j")),
-             "q_range": [int(x) for x in get("q_range")], "k_range": [int(x) for x in get("k_range")]}
-    for name in ("scores", "m_old", "m_new", "l_old", "l_new", "rescale", "acc"):
-        state[name] = to_json_array(_as_float_array(get(name)))
+def _pair(name: str, value) -> list[int]:
+    """Two non-negative integers: a (start, end) range or an (i, j) tile."""
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ValueError(f"{name} must be a pair of integers, got {value!r:.60}")
+    return [_checks.non_negative_int(name, x) for x in value]
+
+
+def _step_state(s: int, step) -> dict:
+    """Step ``s`` of a trace, a FlashStep or its to_dict() form, as rounded JSON lists, -inf as null."""
+    if not isinstance(step, dict):
+        step = {name: getattr(step, name, None) for name in ("i", "j", "q_range", "k_range") + STEP_ARRAYS}
+    missing = [name for name in ("i", "j", "q_range", "k_range") + STEP_ARRAYS if step.get(name) is None]
+    if missing:
+        raise ValueError(f"trace steps[{s}] lacks {missing}: make the trace with FlashTrace.record(q, k, v, ...)")
+    state = {name: _checks.non_negative_int(f"trace steps[{s}][{name!r}]", step[name]) for name in ("i", "j")}
+    for name in ("q_range", "k_range"):
+        state[name] = _pair(f"trace steps[{s}][{name!r}]", step[name])
+    for name in STEP_ARRAYS:
+        state[name] = to_json_array(_trace_array(f"trace steps[{s}][{name!r}]", step[name]))
     return state
 
 
@@ -81,27 +111,41 @@ class TileStepper(Figure):
             raise TypeError(f"trace must be a FlashTrace or FlashTrace.to_dict(), got {type(trace).__name__}")
         if not trace.get("steps"):
             raise ValueError("trace has no steps: make it with FlashTrace.record(q, k, v, ...)")
-        output = _as_float_array(trace["output"])
-        if output.ndim != 2:
+        missing = [key for key in TRACE_KEYS if key not in trace]
+        if missing:
+            raise ValueError(f"trace lacks {missing}: pass a FlashTrace or its to_dict()")
+        sizes = {name: _checks.positive_int(f"trace[{name!r}]", trace[name])
+                 for name in ("n_q", "n_k", "block_q", "block_k")}
+        output_shape = _validate.shape_of(trace["output"])
+        if len(output_shape) != 2:
             raise ValueError(
-                f"trace must come from one head (q of shape (n_q, d_k)), got an output of shape {output.shape}"
+                f"trace must come from one head (q of shape (n_q, d_k)), got an output of shape {output_shape}"
             )
-        for name, size, limit in (("n_q", trace["n_q"], MAX_TOKENS), ("n_k", trace["n_k"], MAX_TOKENS),
-                                  ("d_v", output.shape[1], MAX_DIM)):
-            if size > limit:
-                raise ValueError(f"{name} = {size} is too large to draw legibly; the tile stepper shows at most "
-                                 f"{limit} (use a smaller example: the algorithm is the same)")
+        _sizes(sizes["n_q"], sizes["n_k"], output_shape[1])
+        if output_shape[0] != sizes["n_q"]:
+            raise ValueError(f"trace['output'] must have one row per query, n_q = {sizes['n_q']}, got shape "
+                             f"{output_shape}")
+        n_tiles = -(-sizes["n_q"] // sizes["block_q"]) * -(-sizes["n_k"] // sizes["block_k"])
+        steps, skipped = trace["steps"], trace["skipped"]
+        for name, value in (("steps", steps), ("skipped", skipped)):
+            if not isinstance(value, list | tuple):
+                raise TypeError(f"trace[{name!r}] must be a list, got {type(value).__name__}")
+        if len(steps) + len(skipped) != n_tiles:
+            raise ValueError(f"trace must visit or skip each of its {n_tiles} tiles once, got {len(steps)} steps and "
+                             f"{len(skipped)} skipped tiles")
+        output = _validate.as_numpy("trace['output']", trace["output"])
         data = {
-            "n_q": int(trace["n_q"]), "n_k": int(trace["n_k"]), "block_q": int(trace["block_q"]),
-            "block_k": int(trace["block_k"]), "causal": bool(trace["causal"]),
-            "steps": [_step_state(step) for step in trace["steps"]],
-            "skipped": [[int(i), int(j)] for i, j in trace["skipped"]],
+            **sizes, "causal": _checks.flag("trace['causal']", trace["causal"]),
+            "steps": [_step_state(s, step) for s, step in enumerate(steps)],
+            "skipped": [_pair(f"trace['skipped'][{t}]", tile) for t, tile in enumerate(skipped)],
             "output": to_json_array(output), "reference": [], "max_error": -1.0,
         }
         if reference is not None:
-            reference = _validate.as_numpy("reference", reference)
-            if reference.shape != output.shape:
-                raise ValueError(f"reference must have the output's shape {output.shape}, got {reference.shape}")
+            def same_as_output(shape):
+                if shape != output.shape:
+                    raise ValueError(f"reference must have the output's shape {output.shape}, got {shape}")
+
+            reference = _validate.as_numpy("reference", reference, check_shape=same_as_output)
             data["reference"] = to_json_array(reference)
             data["max_error"] = float(np.abs(output - reference).max())
         return data
@@ -138,17 +182,28 @@ class TileStepper(Figure):
 
     @staticmethod
     def _compute(source, block_q, block_k, causal, seed):
+        """The trace and the reference for the current inputs; every size is checked before anything runs."""
         kind, arguments = source
+        block_q, block_k = _checks.positive_int("block_q", block_q), _checks.positive_int("block_k", block_k)
+        causal, seed = _checks.flag("causal", causal), _validate.seed(seed)
         if kind == "random":
-            n_q, n_k, d = arguments
-            rng = np.random.default_rng(_validate.seed(seed))
+            n_q, n_k, d = (_checks.positive_int(name, x) for name, x in zip(("n_q", "n_k", "d"), arguments,
+                                                                               strict=True))
+            _sizes(n_q, n_k, d, d_v_name="d")
+            rng = np.random.default_rng(seed)
             q, k, v = rng.standard_normal((n_q, d)), rng.standard_normal((n_k, d)), rng.standard_normal((n_k, d))
             scale = None
         else:
-            q, k, v, scale = (_validate.as_numpy(name, x) if name != "scale" else x
-                              for name, x in zip(("q", "k", "v", "scale"), arguments, strict=True))
-        if np.ndim(q) != 2:
-            raise ValueError(f"q must be one head's queries, shape (n_q, d_k), got shape {np.shape(q)}")
+            q, k, v, scale = arguments
+            shapes = {name: _validate.shape_of(x) for name, x in (("q", q), ("k", k), ("v", v))}
+            if len(shapes["q"]) != 2:
+                raise ValueError(f"q must be one head's queries, shape (n_q, d_k), got shape {shapes['q']}")
+            for name, what in (("k", "keys, shape (n_k, d_k)"), ("v", "values, shape (n_k, d_v)")):
+                if len(shapes[name]) != 2:
+                    raise ValueError(f"{name} must be one head's {what}, got shape {shapes[name]}")
+            _sizes(shapes["q"][0], shapes["k"][0], shapes["v"][1])
+            q, k, v = (_validate.as_numpy(name, x) for name, x in (("q", q), ("k", k), ("v", v)))
+            scale = _checks.scale(scale)
         trace = FlashTrace.record(q, k, v, causal=causal, scale=scale, block_q=block_q, block_k=block_k)
         reference, _ = attention(q, k, v, causal=causal, scale=scale)
         return trace, reference
