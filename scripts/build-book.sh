@@ -4,9 +4,9 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 # Executed chapters are cached by their own text only; their outputs (and the widget code embedded in them)
-# also depend on attnlib, the chapters' helpers in chapters/booktools and the vendored web files, so a change
-# there starts the build afresh.
-inputs=$(find attnlib chapters/booktools _extra _ext -type f \
+# also depend on attnlib, the chapters' helpers in chapters/booktools, the vendored web files and the committed
+# benchmark results that chapters 8, 10 and 11 read, so a change there starts the build afresh.
+inputs=$(find attnlib chapters/booktools _extra _ext benchmarks/results -type f \
          \( -name '*.py' -o -name '*.js' -o -name '*.css' -o -name '*.pt' -o -name '*.json' \) -print0 \
          | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)
 stamp=_build/.attnlib-inputs
