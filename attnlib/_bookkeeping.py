@@ -33,7 +33,32 @@ class BlockBookkeeping:
         return self.attention.last_weights
 
 
-class LanguageModelBookkeeping:
+class StackBookkeeping:
+    """For a stack of ``blocks``: every layer's attention weights of the last call."""
+
+    @property
+    def last_weights(self) -> list:
+        """One entry per layer: the attention weights of the last call, (..., n_heads, n_q, n_k) each."""
+        return [block.last_weights for block in self.blocks]
+
+
+class EncoderBookkeeping(StackBookkeeping):
+    """For ``TransformerEncoder``: a parameter count by kind."""
+
+    def parameter_counts(self) -> dict[str, int]:
+        per_block = [block.parameter_counts() for block in self.blocks]
+        counts = {
+            "embeddings": sum(math.prod(e.shape) for e in (self.token_embedding, self.position_embedding,
+                                                            self.token_type_embedding)),
+            "attention": sum(c["attention"] for c in per_block),
+            "feed_forward": sum(c["feed_forward"] for c in per_block),
+            "norms": sum(c["norms"] for c in per_block) + count(self.embedding_norm),
+        }
+        counts["total"] = sum(counts.values())
+        return counts
+
+
+class LanguageModelBookkeeping(StackBookkeeping):
     """For ``TransformerLM``: a parameter count by kind, and every layer's attention weights of the last call."""
 
     def parameter_counts(self) -> dict[str, int]:
@@ -47,8 +72,3 @@ class LanguageModelBookkeeping:
         }
         counts["total"] = sum(counts.values())
         return counts
-
-    @property
-    def last_weights(self) -> list:
-        """One entry per layer: the attention weights of the last call, (..., n_heads, n_q, n_k) each."""
-        return [block.last_weights for block in self.blocks]

