@@ -116,6 +116,8 @@ def test_layer_norm_matches_functional():
 def test_activations_match_torch(activation, reference):
     x = torch.linspace(-6, 6, 101, dtype=torch.float64)
     torch.testing.assert_close(getattr(at, activation)(x), reference(x), **TOL)
+    # The NumPy twin writes each formula out (erf, tanh): it must give the same numbers as PyTorch's kernels.
+    np.testing.assert_allclose(getattr(anp, activation)(x.numpy()), reference(x).numpy(), rtol=1e-12, atol=1e-14)
 
 
 def test_autograd_flows_through_every_parameter():

@@ -35,6 +35,8 @@ def test_every_number_in_the_table_comes_from_its_source():
     hbm = traffic.gpt2_medium_comparison()
     hbm_without_dropout = traffic.gpt2_medium_comparison(dropout=False)
     encoder = json.loads((ROOT / "attnlib/pretrained/checkpoints/tiny-encoder.json").read_text())["measurements"]
+    minilm = results("minilm.json")
+    assert minilm["goals"]["speed_goal_met"] and minilm["goals"]["load_goal_met"]
     expected = [
         "exactly 2/3 of the weight matrices at d_model = 512, d_ff = 2048",
         f"{kv_cache['speedup']:.1f}× faster for {kv_cache['generated_tokens']} tokens",
@@ -45,6 +47,10 @@ def test_every_number_in_the_table_comes_from_its_source():
         f"{hbm['ratio']:.1f}× fewer bytes for GPT-2 medium on an A100 with a dropout pass",
         f"(the paper: {hbm['paper_ratio']:.1f}×); {hbm_without_dropout['ratio']:.1f}× without it",
         f"{encoder['coreference']['accuracy']:.0%} of {encoder['held_out_sentences']['n']} held-out sentences",
+        "hidden states within {:.1e} of transformers'".format(
+            minilm["max_abs_difference_of_real_tokens"]["transformers_eager"]),
+        f"on {minilm['sentences']} sentences in float32; encoding them takes "
+        f"{minilm['ratio_attnlib_over_transformers_eager']:.2f}× its time, loading {minilm['load_seconds']:.2f} s",
     ]
     missing = [phrase for phrase in expected if phrase not in table]
     assert missing == []
