@@ -10,10 +10,13 @@ feed-forward network) are joined changes:
 
 With the residual, ``"post"`` and ``"pre"`` are exactly ``TransformerBlock`` with ``norm_first`` False and True.
 ``depth_profile`` measures the size of the activations and of the gradient at every depth; chapter 6 of the book and
-``attnlib.widgets.AddNormView`` both draw its numbers.
+``attnlib.widgets.AddNormView`` both draw its numbers. ``fold_norms`` folds a pre-LN block's learned norm scale and
+shift into the linear maps that read the norm, which changes nothing the block computes.
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 import torch.nn.functional as F
@@ -90,3 +93,40 @@ def depth_profile(blocks, x, *, residual: bool = True, norm: str | None = "post"
         profile["similarity"] = [float(F.cosine_similarity(s.detach(), o, dim=-1).mean())
                                  for s, o in zip(states, others, strict=True)]
     return profile
+
+
+def fold_norms(block):
+    """A copy of a pre-LN ``attnlib.torch.TransformerBlock`` (``norm_first=True``) that computes the same function
+    with both norms reduced to plain standardisation (gamma = 1, beta = 0).
+
+    In pre-LN a norm's output is read only by linear maps: ``norm1``'s by W_Q, W_K and W_V, ``norm2``'s by the
+    feed-forward network's W_1. For each such map, ``(gamma * z + beta) @ W + b = z @ (gamma[:, None] * W) +
+    (beta @ W + b)``, so W becomes ``gamma[:, None] * W`` and its bias ``beta @ W + b``. A block built with
+    ``bias=False`` has no beta, and only gamma is folded. ``block`` itself is not modified.
+
+    A post-LN block is refused: there a norm's output is also the residual stream passed on to what follows, and no
+    linear map inside the block reads that path, so gamma and beta cannot be moved into the block's weights.
+    """
+    from .torch import TransformerBlock
+
+    if not isinstance(block, TransformerBlock):
+        raise TypeError(f"block must be an attnlib.torch.TransformerBlock, got {type(block).__name__}")
+    if not block.norm_first:
+        raise ValueError("fold_norms needs a pre-LN block (norm_first=True): in post-LN the norm's output is also "
+                         "the residual stream, which no linear map of the block reads")
+    folded = copy.deepcopy(block)
+    readers = ((block.norm1, folded.norm1, [(folded.attention, name) for name in ("q", "k", "v")]),
+               (block.norm2, folded.norm2, [(folded.feed_forward, "1")]))
+    with torch.no_grad():
+        for norm, folded_norm, maps in readers:
+            gamma, beta = norm.weight, norm.bias
+            for module, name in maps:
+                weight = getattr(module, f"w_{name}")
+                if beta is not None:
+                    bias = getattr(module, f"b_{name}")
+                    bias.copy_(beta @ weight + bias)  # uses the weight before it is scaled below
+                weight.copy_(gamma[:, None] * weight)
+            folded_norm.weight.fill_(1.0)
+            if folded_norm.bias is not None:
+                folded_norm.bias.zero_()
+    return folded

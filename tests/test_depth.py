@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import attnlib.torch as at
-from attnlib.depth import apply_block, depth_profile
+from attnlib.depth import apply_block, depth_profile, fold_norms
 from attnlib.widgets import AddNormView
 from attnlib.widgets.add_norm_view import WIRINGS
 
@@ -97,3 +97,35 @@ def test_bad_input_names_the_argument(stack, call, match):
     blocks, x, _ = stack
     with pytest.raises((TypeError, ValueError), match=match):
         call(blocks, x)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_fold_norms_keeps_the_function_of_a_pre_ln_block(bias):
+    """gamma and beta of a pre-LN block move into W_Q, W_K, W_V, W_1 and their biases: same outputs, plain norms."""
+    torch.manual_seed(3)
+    block = at.TransformerBlock(16, 4, 32, norm_first=True, bias=bias).double()
+    with torch.no_grad():
+        for norm in (block.norm1, block.norm2):
+            norm.weight.uniform_(0.5, 1.5)
+            if bias:
+                norm.bias.uniform_(-0.5, 0.5)
+    before = {name: value.clone() for name, value in block.state_dict().items()}
+    x = torch.randn(3, 7, 16, dtype=torch.float64)
+    folded = fold_norms(block)
+    with torch.no_grad():
+        assert torch.allclose(folded(x), block(x), rtol=0, atol=1e-12)
+        assert torch.allclose(folded(x, causal=True), block(x, causal=True), rtol=0, atol=1e-12)
+    for norm in (folded.norm1, folded.norm2):
+        assert torch.equal(norm.weight, torch.ones(16, dtype=torch.float64))
+        assert norm.bias is None if not bias else torch.equal(norm.bias, torch.zeros(16, dtype=torch.float64))
+    assert not torch.equal(folded.attention.w_q, block.attention.w_q)  # the weights really changed
+    assert torch.equal(folded.attention.w_o, block.attention.w_o)  # W_O and W_2 do not read a norm
+    assert torch.equal(folded.feed_forward.w_2, block.feed_forward.w_2)
+    assert all(torch.equal(value, before[name]) for name, value in block.state_dict().items())  # block untouched
+
+
+def test_fold_norms_refuses_post_ln_and_other_modules():
+    with pytest.raises(ValueError, match="norm_first=True"):
+        fold_norms(at.TransformerBlock(16, 4, 32))
+    with pytest.raises(TypeError, match="TransformerBlock"):
+        fold_norms(torch.nn.TransformerEncoderLayer(16, 4, 32, batch_first=True, norm_first=True))

@@ -6,15 +6,19 @@ the shapes are small; together they still cover ragged lengths, n_q != n_k, caus
 and head dims 32/64, in float32 and float16. (bfloat16 ``tl.dot`` is wrong under the interpreter: GPU only.)
 """
 
+import inspect
+import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from attnlib import tiling
 from attnlib.torch import attention as at_attention
 from attnlib.torch import causal_mask, flash_attention, flash_triton
 
@@ -192,6 +196,112 @@ def test_flash_attention_triton_backend_trains_through_autograd(n_q, n_k, causal
     assert all(x.dtype == dtype for x in ours)
     # float32: as close as PyTorch's own float32 (plus rounding); float16: the authors' rule.
     assert_within_authors_rule(ours, pytorch, reference, eps=1e-4 if dtype == torch.float16 else 2e-5)
+
+# ---------------------------------------------------------------------------------------------------------------
+# The tiles the kernels really visit, recorded under the interpreter
+# ---------------------------------------------------------------------------------------------------------------
+
+# Each kernel calls one step function per tile. Under the interpreter a step is looked up in the module when it is
+# called, so wrapping it records every (program, tile, mask flag) the kernel visits. For each step: the argument
+# holding the offsets of the block its program owns, the start of the block it visits, and its compile-time flag.
+STEPS = {
+    "_forward_step": ("offs_q", "start_k", "MASKED"),
+    "_backward_dq_step": ("offs_q", "start_k", "MASKED"),
+    "_backward_dk_dv_step": ("offs_k", "start_q", "ON_DIAGONAL"),
+}
+
+
+def _as_int(value):
+    return int(value.handle.data.reshape(-1)[0]) if hasattr(value, "handle") else int(value)
+
+
+def _recording(original, visits, owned, visited, flag):
+    parameters = inspect.signature(original.fn)  # the kernel source's own Python function
+
+    def step(*args, **kwargs):
+        call = parameters.bind(*args, **kwargs).arguments
+        visits.append((_as_int(call[owned]), _as_int(call[visited]), bool(call[flag])))
+        return original(*args, **kwargs)
+
+    return step
+
+
+def recorded_visits(monkeypatch, n_q, n_k, block_q, block_k, causal):
+    """{step name: [(first row its program owns, first row of the visited block, flag), ...]} for one forward and
+    one backward call of the kernels with these tiles."""
+    visits = {name: [] for name in STEPS}
+    for name, arguments in STEPS.items():
+        monkeypatch.setattr(flash_triton, name, _recording(getattr(flash_triton, name), visits[name], *arguments))
+    q, k, v, grad_output = random_qkv((1, 1, n_q, 16), n_k, torch.float32, seed=n_q + n_k)
+    output, lse = flash_triton.forward(q, k, v, causal, 0.25, block_q=block_q, block_k=block_k)
+    flash_triton.backward(q, k, v, output, lse, grad_output, causal, 0.25, block_q=block_q, block_k=block_k)
+    monkeypatch.undo()
+    return visits
+
+
+def plan_of(visits, n_q, n_k, block_q, block_k, *, by_key_block=False):
+    """The visits as a (query blocks, key blocks) plan: FULL or MASKED as the kernel's flag said, SKIPPED if never
+    visited. Each tile may be visited once only."""
+    plan = np.full((-(-n_q // block_q), -(-n_k // block_k)), tiling.SKIPPED)
+    for owned, visited, flagged in visits:
+        i, j = (visited // block_q, owned // block_k) if by_key_block else (owned // block_q, visited // block_k)
+        assert plan[i, j] == tiling.SKIPPED, f"tile ({i}, {j}) visited twice"
+        plan[i, j] = tiling.MASKED if flagged else tiling.FULL
+    return plan
+
+
+def diagonal_of_whole_key_blocks(n_q, n_k, block_q, block_k, causal):
+    """Tiles in which the causal mask hides some (query, key) pair, keys counted up to the end of their whole block.
+
+    The dK/dV pass loads its key block once, with a bounds mask, so its per-tile flag is about the diagonal only."""
+    blocks = (-(-n_q // block_q), -(-n_k // block_k))
+    rows = np.arange(n_q)[:, None] + (n_k - n_q)  # absolute position of each query
+    visible = np.arange(blocks[1] * block_k)[None, :] <= rows if causal else np.ones((n_q, blocks[1] * block_k), bool)
+    return np.array([[not visible[i * block_q:(i + 1) * block_q, j * block_k:(j + 1) * block_k].all()
+                      for j in range(blocks[1])] for i in range(blocks[0])])
+
+
+TILE_CASES = [  # (n_q, n_k, block_q, block_k, causal): square, fewer queries than keys, ragged, one query, not causal
+    (64, 64, 16, 16, True),
+    (40, 130, 16, 32, True),
+    (77, 77, 32, 16, True),
+    (70, 100, 16, 64, True),
+    (1, 77, 16, 32, True),
+    (90, 200, 32, 64, False),
+]
+
+
+@pytest.mark.skipif(not flash_triton.interpreted(), reason="compiled kernels cannot be wrapped; see the test below")
+@pytest.mark.parametrize(("n_q", "n_k", "block_q", "block_k", "causal"), TILE_CASES)
+def test_kernels_visit_exactly_the_tiles_of_the_plan(monkeypatch, n_q, n_k, block_q, block_k, causal):
+    visits = recorded_visits(monkeypatch, n_q, n_k, block_q, block_k, causal)
+    expected = tiling.tile_plan(n_q, n_k, block_q, block_k, causal=causal)
+    # The forward pass and the dQ pass walk the key blocks of attnlib.tiling's plan: full ones unmasked, then the
+    # masked ones (causal diagonal, ragged end), in order; skipped ones never.
+    for name in ("_forward_step", "_backward_dq_step"):
+        np.testing.assert_array_equal(plan_of(visits[name], n_q, n_k, block_q, block_k), expected, err_msg=name)
+        for program in {owned for owned, _, _ in visits[name]}:
+            walk = [(start, masked) for owned, start, masked in visits[name] if owned == program]
+            assert walk == sorted(walk, key=lambda visit: (visit[1], visit[0])), (name, program, walk)
+    # The dK/dV pass walks the same tiles from the keys' side, and masks exactly those the diagonal crosses.
+    transposed = plan_of(visits["_backward_dk_dv_step"], n_q, n_k, block_q, block_k, by_key_block=True)
+    np.testing.assert_array_equal(transposed != tiling.SKIPPED, expected != tiling.SKIPPED)
+    diagonal = diagonal_of_whole_key_blocks(n_q, n_k, block_q, block_k, causal)
+    np.testing.assert_array_equal(transposed == tiling.MASKED, diagonal & (expected != tiling.SKIPPED))
+
+
+def test_tile_visits_are_recorded_on_a_gpu_machine_too():
+    # With CUDA the kernels are compiled and cannot be wrapped: run the recording in a child process that sees no
+    # GPU, so that conftest.py switches the interpreter on there.
+    if flash_triton.interpreted():
+        pytest.skip("the interpreter is on here: test_kernels_visit_exactly_the_tiles_of_the_plan ran in-process")
+    environment = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "TRITON_INTERPRET": "1"}
+    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+               f"{__file__}::test_kernels_visit_exactly_the_tiles_of_the_plan"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600, env=environment)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"{len(TILE_CASES)} passed" in result.stdout
+
 
 # ---------------------------------------------------------------------------------------------------------------
 # Malformed calls fail early, naming the argument

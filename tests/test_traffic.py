@@ -35,6 +35,54 @@ def test_flash_ragged_blocks_hand_count():
     assert (forward.reads, forward.writes) == (80, 60)
 
 
+def test_flash2_forward_and_backward_match_a_hand_count():
+    """FlashAttention-2, n = 4, d = 2, B_r = B_c = 2, one byte per element: query blocks outside in the forward.
+
+    Forward: per query block, Q_i = 4 read; per (i, j), K_j, V_j = 2 * 2 * 2 = 8 read; per query block O_i (4) and
+    L_i (2) written once. Reads 2 * 4 + 4 * 8 = 40; writes 2 * 6 = 12 (nothing initialised in HBM).
+    Backward: initialise dQ = 8 written; D = rowsum(dO * O) reads dO, O (16) and writes D (4). Per key block:
+    K_j, V_j 8 read, then dK_j, dV_j 8 written. Per (j, i): Q_i, O_i, dO_i, dQ_i (16) + L_i, D_i (4) = 20 read;
+    dQ_i 4 written. Reads 16 + 2 * 8 + 4 * 20 = 112; writes 8 + 4 + 2 * 8 + 4 * 4 = 44.
+    """
+    forward = traffic.flash2_attention_traffic(1, 1, 4, 2, bytes_per_element=1, backward=False, block_sizes=(2, 2))
+    assert (forward.reads, forward.writes) == (40, 12)
+    both = traffic.flash2_attention_traffic(1, 1, 4, 2, bytes_per_element=1, block_sizes=(2, 2))
+    assert (both.reads - forward.reads, both.writes - forward.writes) == (112, 44)
+    assert both.steps["load K_j, V_j"] == [32, 0] and both.steps["write O_i, L_i"] == [0, 12]
+
+
+def test_flash2_ragged_blocks_and_default_block_sizes():
+    """n = 5, d = 2, (B_r, B_c) = (2, 3): query blocks of 2, 2, 1 rows outside, key blocks of 3 and 2 inside.
+
+    Forward reads Q once (10) and K, V once per query block (3 * 20 = 60); writes O and L once (10 + 5).
+    """
+    forward = traffic.flash2_attention_traffic(1, 1, 5, 2, bytes_per_element=1, backward=False, block_sizes=(2, 3))
+    assert (forward.reads, forward.writes) == (70, 15)
+    # Default blocks: the forward holds the large block of queries (FlashAttention-1's B_c), the backward of keys.
+    # A100, d = 64, float16: (B_r, B_c) = (64, 384) for FlashAttention-1, so n = 1024 makes 3 large blocks.
+    n, d = 1024, 64
+    flash2 = traffic.flash2_attention_traffic(1, 1, n, d, backward=False)
+    assert flash2.steps["load K_j, V_j"][0] == 3 * 2 * n * d * 2  # K and V read once per query block of 384
+    flash1 = traffic.flash_attention_traffic(1, 1, n, d, backward=False)
+    assert flash1.steps["load Q_i, O_i, l_i, m_i"][0] == 3 * (2 * n * d + 2 * n) * 2  # Q, O, l, m once per key block
+    backward2 = traffic.flash2_attention_traffic(1, 1, n, d)
+    backward1 = traffic.flash_attention_traffic(1, 1, n, d)
+    # The backward keeps FlashAttention-1's order: the same sweeps, with L and D in place of l and m.
+    sweep2, sweep1 = "load Q_i, O_i, dO_i, dQ_i, L_i, D_i", "load Q_i, O_i, dO_i, dQ_i, l_i, m_i"
+    assert backward2.steps[sweep2] == backward1.steps[sweep1]
+
+
+def test_flash2_traffic_falls_like_one_over_m_and_stays_near_flash1():
+    """Same IO complexity as FlashAttention-1: Theta(N^2 d^2 / M) for either loop order."""
+    n, d = 4096, 64
+    sram_sizes = np.array([2**p for p in range(12, 18)])
+    totals = np.array([traffic.flash2_attention_traffic(1, 1, n, d, sram_bytes=int(s)).total for s in sram_sizes])
+    slope = np.polyfit(np.log(sram_sizes), np.log(totals), 1)[0]
+    assert -1.05 < slope < -0.9, slope
+    flash1 = np.array([traffic.flash_attention_traffic(1, 1, n, d, sram_bytes=int(s)).total for s in sram_sizes])
+    assert np.all((totals / flash1 > 0.7) & (totals / flash1 < 1.0)), totals / flash1
+
+
 def test_standard_attention_matches_a_hand_count():
     """n = 4, d = 2, one byte per element: an n x n matrix is 16 bytes, an n x d one 8.
 
@@ -108,6 +156,10 @@ def test_standard_traffic_grows_quadratically():
         (lambda: traffic.standard_attention_traffic(1, 2.5, 8, 4), TypeError, "heads"),
         (lambda: traffic.standard_attention_traffic(1, 1, 8, 4, bytes_per_element=0), ValueError, "bytes_per"),
         (lambda: traffic.paper_block_sizes(0, 100), ValueError, "d must"),
+        (lambda: traffic.flash2_attention_traffic(1, 1, 0, 64), ValueError, "n must be a positive integer"),
+        (lambda: traffic.flash2_attention_traffic(1, 1, 8, 64, sram_bytes=256), ValueError, "even the smallest"),
+        (lambda: traffic.flash2_attention_traffic(1, 1, 8, 4, block_sizes=(2,)), ValueError, "pair"),
+        (lambda: traffic.flash2_attention_traffic(1, 1, 8, 4, backward="no"), TypeError, "backward must be True"),
     ],
 )
 def test_bad_input_is_reported(call, error, words):
