@@ -315,3 +315,14 @@ def test_assembled_module_is_valid_javascript(tmp_path):
     result = subprocess.run(["node", "--check", str(path)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
+
+
+def test_value_norms_agree_with_the_head_measurements_of_attnlib_pretrained(minilm):
+    """The figure and attnlib.pretrained.heads (which the chapter's measurements use) compute the same ||f_h(x_j)||."""
+    from attnlib.pretrained import heads
+
+    model, tokenizer = minilm
+    ids, key_mask = tokenizer(SENTENCES[:2])
+    for block, x in zip(model.blocks, heads.block_inputs(model, ids, key_mask), strict=True):
+        np.testing.assert_allclose(mv.transformed_value_norms(block.attention, x),
+                                   heads.transformed_value_norms(block.attention, x).double().numpy(), rtol=1e-5)
