@@ -50,7 +50,7 @@ def transformed_value_norms(attention, x) -> np.ndarray:
     n_heads, d_head = attention.n_heads, attention.d_head
     v = (x @ w_v + b_v).reshape(*x.shape[:-1], n_heads, d_head)  # (..., n, H, d_head)
     w_o_heads = w_o.reshape(n_heads, d_head, w_o.shape[1])  # (H, d_head, d_model)
-    f = np.einsum("...jhd,hdm->...hjm", v, w_o_heads)  # (..., H, n, d_model): what key j adds, per unit weight
+    f = np.swapaxes(v, -2, -3) @ w_o_heads  # (..., H, n, d_model): what key j adds, per unit of weight
     return np.linalg.norm(f, axis=-1)
 
 
