@@ -36,8 +36,8 @@ def source(name):
 TEACHING_CHAPTERS = [name for name in toc_files() if re.match(r"chapters/\d\d_", name)]
 
 
-def test_the_toc_lists_eleven_teaching_chapters_in_order():
-    assert [name.split("/")[1][:2] for name in TEACHING_CHAPTERS] == [f"{i:02d}" for i in range(1, 12)]
+def test_the_toc_lists_twelve_teaching_chapters_in_order():
+    assert [name.split("/")[1][:2] for name in TEACHING_CHAPTERS] == [f"{i:02d}" for i in range(1, 13)]
 
 
 def test_every_toc_entry_exists():

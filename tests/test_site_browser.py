@@ -423,3 +423,56 @@ def test_feed_forward_memory_input_and_activation_redraw(open_page, path):
     figure.locator("button[data-role=activation-on]").click()
     assert memory_state(figure) == second
     assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}
+
+
+# --- the model view ---------------------------------------------------------------------------------------------
+
+
+def model_view_drawing(figure) -> tuple[list, list[str]]:
+    """The opened head's cell colours, and every grid thumbnail's pixels (as data URLs)."""
+    fills = figure.locator("svg[data-role=head-map]").evaluate(
+        "svg => [...svg.querySelectorAll('rect[data-i]')]"
+        ".map(r => [+r.dataset.i, +r.dataset.j, r.getAttribute('fill')])"
+    )
+    thumbnails = figure.locator("[data-role=head-cell] canvas").evaluate_all("cs => cs.map(c => c.toDataURL())")
+    return fills, thumbnails
+
+
+def test_model_view_grid_opens_a_head_with_its_tokens_and_toggles_to_weight_times_value(open_page):
+    visit = open_page(page_for("model_view.ModelView"))
+    figure = visit.page.locator(".attnlib-modelview").first
+    cells = figure.locator("[data-role=head-cell]")
+    assert cells.count() == 72, "6 layers x 12 heads of all-MiniLM-L6-v2, one small map each"
+    assert figure.locator("[data-role=head-cell] canvas").count() == 72
+    assert figure.locator("svg[data-role=head-map]").count() == 0, "no head is open until one is clicked"
+    screenshot(figure, "model_view_grid")
+
+    figure.locator("[data-role=head-cell][data-layer='2'][data-head='5']").click()
+    heatmap = figure.locator("svg[data-role=head-map]")
+    assert heatmap.count() == 1 and "layer 2, head 5" in figure.locator("[data-role=opened-title]").inner_text()
+    assert figure.locator("[data-role=head-cell][aria-pressed=true]").count() == 1
+    rows = heatmap.locator("[data-row]").evaluate_all("texts => texts.map(t => t.textContent)")
+    columns = heatmap.locator("[data-column]").evaluate_all("texts => texts.map(t => t.textContent)")
+    assert rows == columns and len(rows) > 4, "the sentence's tokens label both axes"
+    assert rows[0] == "[CLS]" and rows[-1] == "[SEP]"
+    assert heatmap.locator("rect[data-i]").count() == len(rows) ** 2
+    heatmap.locator("rect[data-i='1'][data-j='0']").hover()
+    tooltip = figure.locator(".attnlib-tooltip")
+    assert tooltip.is_visible() and "→" in tooltip.inner_text() and any(ch.isdigit() for ch in tooltip.inner_text())
+    screenshot(figure, "model_view_opened_weights")
+
+    weights = model_view_drawing(figure)
+    figure.locator("button[data-role=mode-norm]").click()
+    assert figure.locator("button[data-role=mode-norm]").get_attribute("aria-pressed") == "true"
+    norm = model_view_drawing(figure)
+    assert norm[0] != weights[0], "the toggle redrew the opened head with weight x ||value||"
+    assert sum(a != b for a, b in zip(norm[1], weights[1], strict=True)) > 36, "and most of the small maps"
+    assert "layer 2, head 5" in figure.locator("[data-role=opened-title]").inner_text(), "the same head stays open"
+    screenshot(figure, "model_view_opened_norm")
+
+    figure.locator("[data-role=head-cell][data-layer='2'][data-head='5']").focus()
+    visit.page.keyboard.press("ArrowRight")  # the keyboard moves the opened head along the grid
+    assert "layer 2, head 6" in figure.locator("[data-role=opened-title]").inner_text()
+    figure.locator("button[data-role=mode-weights]").click()
+    assert model_view_drawing(figure)[1] == weights[1], "back to the weights: the same small maps as before"
+    assert visit.problems() == {"off-host requests": [], "failed requests": [], "console errors": []}

@@ -11,6 +11,8 @@ changes. Display one by making it the last expression of a cell.
 * ``KVCacheView`` -- decoding step by step: the cache grows, old rows are reused, work with and without it.
 * ``AddNormView`` -- activation scale and gradient norm per layer, residual on/off, post-LN vs pre-LN.
 * ``FeedForwardMemoryView`` -- an FFN as key-value memory: which slots fire for an input, what they add up to.
+* ``ModelView`` -- every layer x head of an encoder as small heatmaps for a few sentences; click one to open it;
+  attention weights or weight x ||value||.
 """
 
 from .add_norm_view import AddNormView
@@ -18,7 +20,8 @@ from .attention_explorer import ALL_HEADS, AttentionExplorer
 from .exam_grader import ExamGrader
 from .feed_forward_memory_view import FeedForwardMemoryView
 from .kv_cache_view import KVCacheView
+from .model_view import ModelView
 from .tile_stepper import TileStepper
 
 __all__ = ["AttentionExplorer", "ALL_HEADS", "TileStepper", "ExamGrader", "KVCacheView", "AddNormView",
-           "FeedForwardMemoryView"]
+           "FeedForwardMemoryView", "ModelView"]
