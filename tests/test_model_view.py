@@ -168,7 +168,7 @@ def test_numpy_twin_gives_the_same_view(norm_first):
                                rtol=0, atol=ROUNDING)
 
 
-def test_transformed_value_norms_give_each_heads_share_of_the_output():
+def test_value_norms_give_each_heads_share_of_the_output():
     """Σ_j α_ij f_h(x_j), summed over heads, plus b_o, is the attention layer's output: f is what each key adds."""
     torch.manual_seed(1)
     attention = at.MultiHeadAttention(12, 3, dtype=torch.float64)
@@ -176,7 +176,8 @@ def test_transformed_value_norms_give_each_heads_share_of_the_output():
     with torch.no_grad():
         output = attention(x)
     alpha = attention.last_weights.numpy()  # (3, 5, 5)
-    norms = mv.transformed_value_norms(attention, x)  # (3, 5)
+    with torch.no_grad():
+        norms = attention.value_norms(x).numpy()  # (3, 5)
     assert norms.shape == (3, 5)
     d_head = attention.d_head
     total = attention.b_o.detach().numpy().copy()[None].repeat(5, 0)
@@ -317,12 +318,14 @@ def test_assembled_module_is_valid_javascript(tmp_path):
 
 
 
-def test_value_norms_agree_with_the_head_measurements_of_attnlib_pretrained(minilm):
-    """The figure and attnlib.pretrained.heads (which the chapter's measurements use) compute the same ||f_h(x_j)||."""
+def test_value_norms_are_the_same_in_both_twins_on_the_real_model(minilm):
+    """MultiHeadAttention.value_norms (the figure's "weight x ||value||", chapter 12's measurements) in both twins."""
     from attnlib.pretrained import heads
 
     model, tokenizer = minilm
     ids, key_mask = tokenizer(SENTENCES[:2])
     for block, x in zip(model.blocks, heads.block_inputs(model, ids, key_mask), strict=True):
-        np.testing.assert_allclose(mv.transformed_value_norms(block.attention, x),
-                                   heads.transformed_value_norms(block.attention, x).double().numpy(), rtol=1e-5)
+        twin = an.MultiHeadAttention.from_twin(block.attention, dtype=np.float64)
+        with torch.no_grad():
+            ours = block.attention.value_norms(x).double().numpy()
+        np.testing.assert_allclose(twin.value_norms(x.double().numpy()), ours, rtol=1e-5)

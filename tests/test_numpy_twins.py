@@ -35,7 +35,7 @@ NUMPY_ONLY = {"FlashTrace", "FlashStep", "flash_attention_steps"}
 # attnlib/torch/_module.py): NumPy seeds with `seed=`, torch draws from torch.manual_seed and takes `device=`;
 # torch.flash_attention chooses a `backend`; `dim` is torch's name for NumPy's `axis`.
 OWN_CONVENTION = {"numpy": {"seed", "axis"}, "torch": {"device", "backend", "dim"}}
-CLASSES = ["MultiHeadAttention", "FeedForward", "LayerNorm", "TransformerBlock", "TransformerLM"]
+CLASSES = ["MultiHeadAttention", "FeedForward", "LayerNorm", "TransformerBlock", "TransformerLM", "TransformerEncoder"]
 
 
 def test_same_public_names():
@@ -59,7 +59,8 @@ def _public_callables():
             call = "forward" if issubclass(torch_object, torch.nn.Module) else "__call__"
             if hasattr(torch_object, call) and call in vars(torch_object):
                 yield f"{name} call", numpy_object.__call__, getattr(torch_object, call)
-            for method in ("from_torch", "from_twin", "config", "parameter_counts", "new_cache", "generate"):
+            for method in ("from_torch", "from_twin", "config", "parameter_counts", "new_cache", "generate",
+                           "value_norms"):
                 if hasattr(torch_object, method) or hasattr(numpy_object, method):
                     yield f"{name}.{method}", getattr(numpy_object, method), getattr(torch_object, method)
         else:
@@ -97,15 +98,16 @@ def _small(namespace, name, **extra):
     arguments = {
         "MultiHeadAttention": (12, 3), "FeedForward": (12, 20), "LayerNorm": (12,),
         "TransformerBlock": (12, 3, 20), "TransformerLM": (30, 12, 3, 20, 2, 16),
+        "TransformerEncoder": (30, 12, 3, 20, 2, 16),
     }[name]
     return getattr(namespace, name)(*arguments, **extra)
 
 
 def _call(module, name, x_numpy):
     """Run a module of either twin on the same input; return NumPy."""
-    if name == "TransformerLM":
+    if name in ("TransformerLM", "TransformerEncoder"):
         ids = np.array([[1, 5, 7, 2, 9]])
-        x = ids if isinstance(module, anp.TransformerLM) else torch.from_numpy(ids)
+        x = ids if not isinstance(module, torch.nn.Module) else torch.from_numpy(ids)
     else:
         x = x_numpy if not isinstance(module, torch.nn.Module) else torch.from_numpy(x_numpy)
     output = module(x)

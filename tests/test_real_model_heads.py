@@ -52,7 +52,7 @@ def test_neighbour_scores_count_queries_whose_strongest_key_is_the_neighbour():
         heads.key_share(w, key_mask[:, :3], key_mask[:, :3])
 
 
-def test_transformed_value_norms_are_what_each_key_adds_through_each_head():
+def test_value_norms_are_what_each_key_adds_through_each_head():
     torch.manual_seed(0)
     attention = at.MultiHeadAttention(16, 4, dtype=torch.float64)
     for name in ("b_q", "b_k", "b_v", "b_o"):
@@ -61,7 +61,8 @@ def test_transformed_value_norms_are_what_each_key_adds_through_each_head():
     with torch.no_grad():
         output = attention(x)
     weights = attention.last_weights  # (B, H, N, N)
-    norms = heads.transformed_value_norms(attention, x)  # (B, H, N)
+    with torch.no_grad():
+        norms = attention.value_norms(x)  # (B, H, N)
     assert norms.shape == (2, 4, 5)
     rebuilt = attention.b_o.detach().clone().expand(2, 5, 16).clone()
     for h in range(4):

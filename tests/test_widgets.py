@@ -24,6 +24,7 @@ from attnlib.widgets import (
     ExamGrader,
     FeedForwardMemoryView,
     KVCacheView,
+    ModelView,
     TileStepper,
     _base,
 )
@@ -32,7 +33,7 @@ from attnlib.widgets.add_norm_view import WIRINGS
 from attnlib.widgets.kv_cache_view import expected_work
 
 ROUNDING = 5e-7  # figures store weights rounded to 6 decimals
-FIGURES = [AttentionExplorer, TileStepper, ExamGrader, KVCacheView, AddNormView, FeedForwardMemoryView]
+FIGURES = [AttentionExplorer, TileStepper, ExamGrader, KVCacheView, AddNormView, FeedForwardMemoryView, ModelView]
 
 
 @pytest.mark.parametrize("figure", FIGURES)

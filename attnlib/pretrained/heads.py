@@ -18,8 +18,8 @@ the stacked weights (n_layers, B, n_heads, N, N) and the key mask (B, N) and ave
 * ``neighbour_scores``: the share of queries whose strongest key is the previous (offset -1) or next (+1) token.
 * ``word_coreference_scores``: ``coreference_scores`` for a word-piece tokenizer (a word's weight is the sum over
   its pieces).
-* ``block_inputs`` and ``transformed_value_norms``: what each attention layer reads, and ||f_h(x_j)||, the size of
-  what key j adds through head h per unit of weight.
+* ``block_inputs``: what each attention layer reads; ``block.attention.value_norms(x)`` then gives ||f_h(x_j)||, the
+  size of what key j adds through head h per unit of weight.
 """
 
 from __future__ import annotations
@@ -197,22 +197,6 @@ def block_inputs(model, ids, key_mask) -> list[torch.Tensor]:
         for block in model.blocks[:-1]:
             inputs.append(block(inputs[-1], key_mask=key_mask))
     return inputs
-
-
-def transformed_value_norms(attention, x: torch.Tensor) -> torch.Tensor:
-    """||f_h(x_j)|| = ||(x_j W_v^h + b_v^h) W_o^h|| for every head h and token j -> (B, n_heads, N).
-
-    f_h(x_j) is what key j adds to a query's output through head h for each unit of weight (Kobayashi et al.
-    2020); head h owns columns h*d_head:(h+1)*d_head of ``w_v``/``b_v`` and the same rows of ``w_o``. ``x`` is
-    what ``attention`` reads (for a post-LN block, the block's input)."""
-    with torch.no_grad():
-        v = x @ attention.w_v  # (B, N, d_model)
-        if getattr(attention, "b_v", None) is not None:
-            v = v + attention.b_v
-        v = v.unflatten(-1, (attention.n_heads, attention.d_head))  # (B, N, H, d_head)
-        w_o = attention.w_o.unflatten(0, (attention.n_heads, attention.d_head))  # (H, d_head, d_model)
-        f = torch.einsum("bjhd,hdm->bhjm", v, w_o)  # (B, H, N, d_model)
-    return f.norm(dim=-1)
 
 
 def word_positions(pieces: list[str]) -> list[list[int]]:

@@ -83,6 +83,19 @@ class MultiHeadAttention(Module):
         )
         return self._forward(x, causal, _to(mask, x.device), _to(key_mask, x.device), kv_cache)
 
+    def value_norms(self, x):
+        """||(x_j W_v^h + b_v^h) W_o^h|| for every head h and position j of x (..., n, d_model) -> (..., n_heads, n).
+
+        What position j adds to a query's output through head h for each unit of attention weight: the layer's
+        output is sum over h and j of weight_hij * (x_j W_v^h + b_v^h) W_o^h, plus b_o. A large weight on a key
+        whose transformed value is tiny moves nothing (Kobayashi et al. 2020, "Attention is Not Only a Weight").
+        """
+        _checks.module_input("x", _checks.torch_tensor("x", x), width=self.d_model, dtype=self.dtype,
+                             device=self.device, min_ndim=2)
+        v = self._split_heads(self._linear(x, "v"))  # (..., H, n, d_head)
+        w_o = self.w_o.reshape(self.n_heads, self.d_head, self.d_model)  # (H, d_head, d_model): head h's rows
+        return (v @ w_o).norm(dim=-1)  # (..., H, n)
+
     def _linear(self, x, name):
         y = x @ getattr(self, f"w_{name}")
         return y + getattr(self, f"b_{name}") if self.bias else y

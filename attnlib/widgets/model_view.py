@@ -36,28 +36,10 @@ NONE = -1  # ``layer`` and ``head`` when no head is opened
 MODES = ("weights", "norm")  # what the maps show: the weights, or weight x ||transformed value|| (row shares)
 
 
-def transformed_value_norms(attention, x) -> np.ndarray:
-    """||f_h(x_j)|| = ||(x_j W_v^h + b_v^h) W_o^h|| for every head h and token j: (..., n_heads, n), float64.
-
-    ``attention`` is an attnlib ``MultiHeadAttention`` (either twin; weights stored (d_in, d_out) and applied as
-    ``x @ w + b``), ``x`` (..., n, d_model) what that attention layer reads. Head h owns columns
-    h*d_head:(h+1)*d_head of ``w_v`` and ``b_v`` and the same rows of ``w_o``.
-    """
-    w_v, w_o = _models.to_numpy(attention.w_v), _models.to_numpy(attention.w_o)
-    b_v = getattr(attention, "b_v", None)
-    b_v = np.zeros(w_v.shape[1]) if b_v is None else _models.to_numpy(b_v)
-    x = _models.to_numpy(x)
-    n_heads, d_head = attention.n_heads, attention.d_head
-    v = (x @ w_v + b_v).reshape(*x.shape[:-1], n_heads, d_head)  # (..., n, H, d_head)
-    w_o_heads = w_o.reshape(n_heads, d_head, w_o.shape[1])  # (H, d_head, d_model)
-    f = np.swapaxes(v, -2, -3) @ w_o_heads  # (..., H, n, d_model): what key j adds, per unit of weight
-    return np.linalg.norm(f, axis=-1)
-
-
 def norm_weighted(weights, value_norms) -> np.ndarray:
     """alpha_ij * ||f(x_j)||, each row divided by its sum (a row of zeros stays zeros): the display form.
 
-    ``weights`` (..., H, n_q, n_k), ``value_norms`` (..., H, n_k), as ``transformed_value_norms`` gives."""
+    ``weights`` (..., H, n_q, n_k), ``value_norms`` (..., H, n_k), as ``MultiHeadAttention.value_norms`` gives."""
     weights, value_norms = np.asarray(weights, dtype=np.float64), np.asarray(value_norms, dtype=np.float64)
     product = weights * value_norms[..., None, :]
     return _row_shares(product)
@@ -328,7 +310,7 @@ def _replay(model, x) -> tuple[np.ndarray, np.ndarray]:
     norms, weights = [], []
     for block in model.blocks:
         read = block.norm1(x) if block.norm_first else x
-        norms.append(transformed_value_norms(block.attention, read)[0])
+        norms.append(_models.to_numpy(block.attention.value_norms(read))[0])
         x = block(x)
         weights.append(_models.to_numpy(block.last_weights)[0])
     return np.stack(norms), np.stack(weights)
