@@ -79,6 +79,14 @@ class TransformerBlockConfig:
         return LayerNormConfig(self.d_model, self.eps, self.bias)
 
 
+class _Stack:
+    """The configuration of the blocks of a stack (``TransformerLMConfig``, ``TransformerEncoderConfig``)."""
+
+    def block(self) -> TransformerBlockConfig:
+        return TransformerBlockConfig(self.d_model, self.n_heads, self.d_ff, self.norm_first, self.activation,
+                                      self.eps, self.bias)
+
+
 @dataclasses.dataclass(frozen=True)
 class TransformerLMConfig:
     vocab_size: int
@@ -94,15 +102,10 @@ class TransformerLMConfig:
     bias: bool = True
 
     def __post_init__(self):
-        _set(self, "vocab_size", _checks.positive_int("vocab_size", self.vocab_size))
-        _set(self, "n_layers", _checks.positive_int("n_layers", self.n_layers))
-        _set(self, "max_len", _checks.positive_int("max_len", self.max_len))
+        _check_stack(self)
         _set(self, "causal", _checks.flag("causal", self.causal))
-        self.block()  # checks the rest
 
-    def block(self) -> TransformerBlockConfig:
-        return TransformerBlockConfig(self.d_model, self.n_heads, self.d_ff, self.norm_first, self.activation,
-                                      self.eps, self.bias)
+    block = _Stack.block
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,15 +123,17 @@ class TransformerEncoderConfig:
     bias: bool = True
 
     def __post_init__(self):
-        _set(self, "vocab_size", _checks.positive_int("vocab_size", self.vocab_size))
-        _set(self, "n_layers", _checks.positive_int("n_layers", self.n_layers))
-        _set(self, "max_len", _checks.positive_int("max_len", self.max_len))
+        _check_stack(self)
         _set(self, "n_token_types", _checks.positive_int("n_token_types", self.n_token_types))
-        self.block()  # checks the rest
 
-    def block(self) -> TransformerBlockConfig:
-        return TransformerBlockConfig(self.d_model, self.n_heads, self.d_ff, self.norm_first, self.activation,
-                                      self.eps, self.bias)
+    block = _Stack.block
+
+
+def _check_stack(config) -> None:
+    """What a stack of blocks (a language model or an encoder) checks: its sizes, then one block's arguments."""
+    for name in ("vocab_size", "n_layers", "max_len"):
+        _set(config, name, _checks.positive_int(name, getattr(config, name)))
+    config.block()
 
 
 def _set(config, name, value) -> None:
