@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -157,6 +158,29 @@ def test_bad_measured_rows_are_refused_naming_the_field():
     del results["rows"][2]["pass"]
     with pytest.raises(ValueError, match=r"measured\[0\]\['rows'\]\[2\] lacks 'pass'"):
         measured_points([results], [1024], [64])
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"lengths": list(range(1, 10**6))}, "lengths must hold 1 to 8 choices, got 999999"),
+    ({"lengths": [2**40]}, r"lengths must divide tokens = 16384, but \[1099511627776\] do not"),
+    ({"measured": [{}] * 10**6}, "measured holds 1000000 results; the figure draws at most 16"),
+    ({"measured": [{"machine": {"device": H100_NAME}, "rows": [{}] * 10**6}]},
+     r"measured\[0\]\['rows'\] must be a list of at most 10000 rows, got list of 1000000"),
+])
+def test_huge_input_is_refused_before_any_work(options, match):
+    start = time.perf_counter()
+    with pytest.raises(ValueError, match=match):
+        RooflineView(**{**SMALL, **options})
+    assert time.perf_counter() - start < 1.0
+
+
+def test_a_bad_choice_is_refused_before_the_grid_is_computed():
+    start = time.perf_counter()  # the default grid takes seconds to compute; the check comes first
+    with pytest.raises(ValueError, match=r"n must be one of \[512, 1024, 2048, 4096, 8192, 16384\], got 3000"):
+        RooflineView(n=3000)
+    with pytest.raises(ValueError, match=r"block_sizes must be .* block_choices = \[64, 128, 256\], got \(64, 32\)"):
+        RooflineView(block_sizes=(64, 32))
+    assert time.perf_counter() - start < 1.0
 
 
 def test_live_new_choices_recompute_the_grid_and_bad_ones_show_in_the_figure():

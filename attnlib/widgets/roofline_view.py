@@ -40,6 +40,7 @@ BYTES_PER_ELEMENT = 2  # float16 / bfloat16, the precision of the tensor-core pe
 MAX_CHOICES = 8  # options per control: more would not fit one slider's labels or one menu legibly
 MAX_GRID_TILES = 2**23  # (query block, key block) pairs the traffic model walks for the grid: ~2 s of Python
 MAX_MEASURED_ROWS = 10_000  # rows of one results file (the benchmark writes a few hundred)
+MAX_RESULTS = 16  # results files, one per GPU measured
 
 
 def _choices(name: str, values, *, divides: int | None = None, what: str = "") -> list[int]:
@@ -169,6 +170,8 @@ def measured_points(results, lengths, head_dims) -> tuple[list[dict], list[str]]
     if not isinstance(results, list | tuple):
         raise TypeError(f"measured must be a list of results dicts (as bench_flash_gpu.py writes), got "
                         f"{type(results).__name__}")
+    if len(results) > MAX_RESULTS:
+        raise ValueError(f"measured holds {len(results)} results; the figure draws at most {MAX_RESULTS} (one per GPU)")
     points, skipped = [], []
     for index, result in enumerate(results):
         where = f"measured[{index}]"
@@ -254,10 +257,20 @@ class RooflineView(Figure):
         block_sizes = [_checks.positive_int(f"block_sizes[{i}]", size) for i, size in enumerate(block_sizes)]
         if not isinstance(title, str):
             raise TypeError(f"title must be a str, got {type(title).__name__}")
-        grid = compute_grid(lengths, head_dims, sram_sizes, block_choices)
+        # Everything is checked before the grid, which takes seconds, is computed.
+        given = (lengths, head_dims, sram_sizes, block_choices)
         lengths, head_dims = _choices("lengths", lengths), _choices("head_dims", head_dims)
         sram_sizes, block_choices = _choices("sram_sizes", sram_sizes), _choices("block_choices", block_choices)
+        for name, value, options in (("gpu", gpu, list(roofline.GPUS)), ("n", n, lengths), ("d", d, head_dims),
+                                     ("sram_bytes", sram_bytes, sram_sizes), ("algorithm", algorithm, ALGORITHMS),
+                                     ("pass_name", pass_name, PASSES)):
+            if value is not None:
+                self._one_of(name, value, list(options))
+        if any(size not in block_choices for size in block_sizes):
+            raise ValueError(f"block_sizes must be () (the paper's blocks for the SRAM size) or (block_q, block_k) "
+                             f"with both in block_choices = {block_choices}, got {tuple(block_sizes)}")
         points, skipped = measured_points([] if measured is None else measured, lengths, head_dims)
+        grid = compute_grid(*given)
         with self.hold_sync():
             self.lengths, self.head_dims, self.sram_sizes, self.block_choices = (
                 lengths, head_dims, sram_sizes, block_choices)
