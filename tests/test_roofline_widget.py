@@ -188,7 +188,8 @@ def test_live_new_choices_recompute_the_grid_and_bad_ones_show_in_the_figure():
     view.lengths = [1024, 2048]
     assert set(view.grid["standard"]) == {"1024/64", "2048/64", "1024/128", "2048/128"}
     assert view.n == 1024 and view.error == ""
-    view.lengths = [512, 4096]  # 1024 is gone: the choice moves to one that is offered
+    view.lengths = [4096, 512]  # 1024 is gone: the choice moves to one that is offered; the slider's order
+    assert view.lengths == [512, 4096]
     assert view.n in (512, 4096) and "4096/64" in view.grid["standard"]
     grid = view.grid
     view.lengths = [1000]

@@ -329,11 +329,15 @@ class RooflineView(Figure):
 
     # --- a live kernel: new choices recompute the grid ---------------------------------------------------------
 
+    @traitlets.validate("lengths", "head_dims", "sram_sizes", "block_choices")
+    def _sorted_choices(self, proposal):
+        return sorted(proposal["value"])  # the sliders step through them in order; compute_grid checks the rest
+
     def _recompute(self):
         if not getattr(self, "_ready", False):
             return None
         grid = compute_grid(self.lengths, self.head_dims, self.sram_sizes, self.block_choices)
-        lengths, head_dims = sorted(self.lengths), sorted(self.head_dims)
+        lengths, head_dims = self.lengths, self.head_dims
         points, skipped = measured_points(self._measured_source, lengths, head_dims)
         data = {"grid": grid, "measured": points, "measured_skipped": skipped}
 
