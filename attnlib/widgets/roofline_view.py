@@ -146,7 +146,7 @@ def compute_grid(lengths, head_dims, sram_sizes, block_choices, *, tokens: int =
 
 def _field(where: str, row: dict, name: str, kind):
     if name not in row:
-        raise ValueError(f"{where} lacks {name!r} (a row as benchmarks/bench_flash_gpu.py writes it)")
+        raise ValueError(f"{where} lacks {name!r} (a row of a GPU results file, as bench_flash_gpu.py writes it)")
     value = row[name]
     if kind is int:
         return _checks.positive_int(f"{where}[{name!r}]", value)
