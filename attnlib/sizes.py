@@ -8,6 +8,7 @@ FLOP counter).
 * ``parameter_counts`` -- parameters by kind (the keys of ``TransformerLM.parameter_counts()``), with the features
   of real models that attnlib's teaching model lacks: grouped-query attention, a gated (SwiGLU) feed-forward
   network, RMSNorm, no biases, rotary positions, tied embeddings.
+* ``latent_attention_parameters`` -- the parameters of a multi-head latent attention layer.
 * ``kv_cache_bytes`` -- the memory of the keys and values a KV cache keeps, optionally for a sliding window.
 * ``forward_multiply_adds`` -- the multiply-adds of one forward call of attnlib's ``TransformerLM``, with or
   without a KV cache.
@@ -130,6 +131,32 @@ def kv_cache_bytes(*, n_layers: int, n_kv_heads: int, d_head: int, n_tokens: int
     if window is not None:
         n_tokens = min(n_tokens, _whole("window", window))
     return 2 * n_layers * n_kv_heads * d_head * n_tokens * bytes_per_number * batch
+
+
+def latent_attention_parameters(*, d_model: int, n_heads: int, d_latent: int, d_rope: int,
+                                d_head: int | None = None) -> dict[str, int]:
+    """Parameters of one multi-head latent attention layer (attnlib's ``MultiHeadLatentAttention``: no biases, no
+    query compression) by role, with ``heads = n_heads * d_head`` (by default ``d_head = d_model / n_heads``):
+
+    * queries: ``d_model * heads`` (W_q) + ``d_model * n_heads * d_rope`` (W_qr, the RoPE part of every head);
+    * keys_values: ``d_model * d_latent`` (W_dkv) + ``2 * d_latent * heads`` (W_uk, W_uv) + ``d_model * d_rope``
+      (W_kr, the shared RoPE key);
+    * output: ``heads * d_model`` (W_o).
+    """
+    d_model, n_heads = _whole("d_model", d_model), _whole("n_heads", n_heads)
+    d_latent, d_rope = _whole("d_latent", d_latent), _whole("d_rope", d_rope)
+    if d_head is None:
+        if d_model % n_heads:
+            raise ValueError(f"d_model={d_model} is not divisible by n_heads={n_heads}; give d_head")
+        d_head = d_model // n_heads
+    heads = n_heads * _whole("d_head", d_head)
+    counts = {
+        "queries": d_model * heads + d_model * n_heads * d_rope,
+        "keys_values": d_model * d_latent + 2 * d_latent * heads + d_model * d_rope,
+        "output": heads * d_model,
+    }
+    counts["total"] = sum(counts.values())
+    return counts
 
 
 def forward_multiply_adds(n_new: int, n_keys: int, *, n_layers: int, d_model: int, d_ff: int,
