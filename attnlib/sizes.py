@@ -321,8 +321,11 @@ def cache_table(n_tokens: int, *, layouts=None, bytes_per_number: int | float = 
     ]
 
 
-#: Published attention layouts, one per way of sharing keys and values. Each ``source`` names the paper or released
-#: configuration file the numbers are read from.
+#: Published attention layouts by name, one per way of sharing keys and values. Llama-2-7B is MHA, Falcon-7B MQA,
+#: Llama-3-70B GQA, Mistral-7B-v0.1 GQA with a 4096-token window, DeepSeek-V2 and DeepSeek-V3 MLA. Each
+#: ``source`` names the paper or released configuration file the numbers are read from.
+#:
+#: :meta hide-value:
 CACHE_LAYOUTS = {
     layout.name: layout
     for layout in (
