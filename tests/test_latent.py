@@ -93,6 +93,28 @@ def test_both_paths_compute_the_papers_equations(shape, absorbed):
     np.testing.assert_array_equal(np.triu(module.last_weights, 1), 0)  # causal: nothing from the future
 
 
+def test_the_folded_weights_compute_the_absorbed_path():
+    # Attention straight against the latents, with W_q W_ukᵀ and W_uv W_o multiplied out beforehand.
+    module = NumpyLatent(**WIDE, seed=11)
+    x = _x(2, 5, 16, seed=12)
+    w_q_latent, w_o_latent = module.absorbed_weights()
+    assert w_q_latent.shape == (3, 16, 10) and w_o_latent.shape == (3, 10, 16)
+    positions = np.arange(5)
+    c_kv = x @ module.w_dkv  # (2, 5, 10)
+    k_rope = _rope_by_complex_numbers(x @ module.w_kr, positions)  # (2, 5, 4)
+    q_rope = _rope_by_complex_numbers((x @ module.w_qr).reshape(2, 5, 3, 4).transpose(0, 2, 1, 3), positions)
+    scores = ((x[:, None] @ w_q_latent) @ c_kv[:, None].transpose(0, 1, 3, 2)
+              + q_rope @ k_rope[:, None].transpose(0, 1, 3, 2)) / math.sqrt(7 + 4)  # (2, 3, 5, 5)
+    scores = np.where(np.tril(np.ones((5, 5), bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = ((weights @ c_kv[:, None]) @ w_o_latent).sum(axis=1)  # (2, 5, 16): every head's share, added
+    np.testing.assert_allclose(module(x, absorbed=True), expected, **ROUNDING)
+    np.testing.assert_allclose(module.last_weights, weights, **ROUNDING)
+    for ours, theirs in zip(module.absorbed_weights(), TorchLatent.from_twin(module).absorbed_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), **ROUNDING)
+
+
 def test_absorbed_equals_materialised_in_prefill_and_in_step_by_step_decoding():
     for namespace in ("numpy", "torch"):
         numpy_module = NumpyLatent(**WIDE, seed=2)
