@@ -300,6 +300,29 @@ def bias(b, target, dtype, *, device=None):
     return b
 
 
+def even_features(name: str, x) -> int:
+    """The feature size d of x (..., d) for rotary embeddings, which turn pairs of features: d must be even."""
+    d = x.shape[-1]
+    if d % 2:
+        raise ValueError(f"{name} must have an even last dimension (rotary embeddings turn pairs of features), "
+                         f"got shape {tuple(x.shape)}")
+    return d
+
+
+def positions(name: str, p, n: int | None = None) -> None:
+    """Absolute positions: a 1-D integer array of non-negative whole numbers (n of them, one per row of x)."""
+    if not hasattr(p, "shape") or not hasattr(p, "dtype"):
+        raise TypeError(f"{name} must be an integer array or tensor, got {type(p).__name__}")
+    dtype = str(p.dtype)
+    if "int" not in dtype:
+        raise TypeError(f"{name} must hold integer positions (e.g. arange(n)), got dtype {p.dtype}")
+    if p.ndim != 1 or (n is not None and p.shape[0] != n):
+        expected = "(n,)" if n is None else f"({n},), one position per row of x,"
+        raise ValueError(f"{name} must have shape {expected} got shape {tuple(p.shape)}")
+    if p.shape[0] and int(p.min()) < 0:
+        raise ValueError(f"{name} must be non-negative, got a minimum of {int(p.min())}")
+
+
 def causal_fits(causal: bool, n_q: int, n_k: int, shapes: str) -> bool:
     causal = flag("causal", causal)
     if causal and n_k < n_q:

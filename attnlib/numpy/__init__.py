@@ -24,6 +24,7 @@ from .online_softmax import (
     rescale_factor,
     three_pass_softmax,
 )
+from .positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal_positions
 from .softmax import softmax
 
 __all__ = [
@@ -31,5 +32,6 @@ __all__ = [
     "LayerNorm", "TransformerBlock", "TransformerLM", "TransformerEncoder", "mean_pool", "KVCache", "LayerCache",
     "SoftmaxState", "merge", "rescale_factor", "three_pass_softmax", "online_softmax", "online_softmax_steps",
     "flash_attention", "flash_attention_backward", "flash_step",
+    "apply_rope", "rope_angles", "sinusoidal_positions", "alibi_slopes", "alibi_bias",
     "flash_attention_steps", "FlashTrace", "FlashStep",
 ]
