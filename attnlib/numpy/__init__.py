@@ -25,6 +25,7 @@ from .online_softmax import (
     three_pass_softmax,
 )
 from .softmax import softmax
+from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
 
 __all__ = [
     "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "gelu_tanh",
@@ -32,4 +33,5 @@ __all__ = [
     "SoftmaxState", "merge", "rescale_factor", "three_pass_softmax", "online_softmax", "online_softmax_steps",
     "flash_attention", "flash_attention_backward", "flash_step",
     "flash_attention_steps", "FlashTrace", "FlashStep",
+    "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
 ]

@@ -18,10 +18,12 @@ from .online_softmax import (
     three_pass_softmax,
 )
 from .softmax import softmax
+from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
 
 __all__ = [
     "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "gelu_tanh",
     "LayerNorm", "TransformerBlock", "TransformerLM", "TransformerEncoder", "mean_pool", "KVCache", "LayerCache",
     "SoftmaxState", "merge", "rescale_factor", "three_pass_softmax", "online_softmax", "online_softmax_steps",
     "flash_attention", "flash_attention_backward", "flash_step",
+    "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
 ]
