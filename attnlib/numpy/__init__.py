@@ -26,6 +26,7 @@ from .online_softmax import (
 )
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal_positions
 from .softmax import softmax
+from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
 
 __all__ = [
     "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "gelu_tanh",
@@ -34,4 +35,5 @@ __all__ = [
     "flash_attention", "flash_attention_backward", "flash_step",
     "apply_rope", "rope_angles", "sinusoidal_positions", "alibi_slopes", "alibi_bias",
     "flash_attention_steps", "FlashTrace", "FlashStep",
+    "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
 ]
