@@ -2,14 +2,17 @@
 size, gradients, parameter counts, and refusals."""
 
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 
+import attnlib.numpy as anp
+import attnlib.torch as at
 from attnlib import _settings, sizes
+
+NumpyLatent, TorchLatent = anp.MultiHeadLatentAttention, at.MultiHeadLatentAttention
+NumpyLatentCache, TorchLatentCache = anp.LatentCache, at.LatentCache
 
 
 def _rope_by_complex_numbers(x, positions, base=10000.0):
@@ -21,35 +24,6 @@ def _rope_by_complex_numbers(x, positions, base=10000.0):
     z = (x[..., :half] + 1j * x[..., half:]) * turn  # (..., n, d/2)
     return np.concatenate([z.real, z.imag], axis=-1)
 
-
-try:  # RoPE of the positions modules; until they exist, the rotation above stands in for them
-    from attnlib.numpy.positions import apply_rope as _numpy_rope  # noqa: F401
-except ImportError:
-    def _stand_in(namespace):
-        module = types.ModuleType(f"attnlib.{namespace}.positions")
-
-        def apply_rope(x, positions, *, base=10000.0, interleaved=False):
-            if namespace == "numpy":
-                return _rope_by_complex_numbers(x, positions, base)
-            return _torch_rope(x, positions, base)
-
-        module.apply_rope = apply_rope
-        return module
-
-    def _torch_rope(x, positions, base):
-        half = x.shape[-1] // 2
-        angles = positions[:, None].to(x.dtype) * base ** (-torch.arange(half, dtype=x.dtype) * 2.0 / x.shape[-1])
-        cos, sin = angles.cos(), angles.sin()
-        first, second = x[..., :half], x[..., half:]
-        return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
-
-    for _namespace in ("numpy", "torch"):
-        sys.modules[f"attnlib.{_namespace}.positions"] = _stand_in(_namespace)
-
-from attnlib.numpy.latent import LatentCache as NumpyLatentCache  # noqa: E402
-from attnlib.numpy.latent import MultiHeadLatentAttention as NumpyLatent  # noqa: E402
-from attnlib.torch.latent import LatentCache as TorchLatentCache  # noqa: E402
-from attnlib.torch.latent import MultiHeadLatentAttention as TorchLatent  # noqa: E402
 
 SHAPE = {"d_model": 16, "n_heads": 4, "d_latent": 12, "d_rope": 6}  # d_head = 16 / 4 = 4
 WIDE = {"d_model": 16, "n_heads": 3, "d_latent": 10, "d_rope": 4, "d_head": 7}  # d_head not d_model / n_heads

@@ -6,6 +6,7 @@ from .encoder import TransformerEncoder, mean_pool
 from .feedforward import FeedForward, gelu, gelu_tanh, relu
 from .flash_attention import flash_attention, flash_attention_backward, flash_step
 from .kv_cache import KVCache, LayerCache
+from .latent import LatentCache, MultiHeadLatentAttention
 from .layernorm import LayerNorm
 from .model import TransformerLM
 from .multihead import MultiHeadAttention
@@ -28,4 +29,5 @@ __all__ = [
     "flash_attention", "flash_attention_backward", "flash_step",
     "apply_rope", "rope_angles", "sinusoidal_positions", "alibi_slopes", "alibi_bias",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
+    "MultiHeadLatentAttention", "LatentCache",
 ]
