@@ -128,6 +128,21 @@ def test_cached_equals_uncached_in_any_chunks(absorbed):
     assert not np.allclose(module(x[:, 8:9], absorbed=absorbed), full[:, 8:9])
 
 
+@pytest.mark.parametrize("absorbed", [False, True])
+def test_any_batch_dimensions_compute_each_sequence_alone(absorbed):
+    module = NumpyLatent(**SHAPE, seed=13)
+    x = _x(2, 3, 5, 16, seed=14)  # (2, 3, n, d_model): two batch dimensions
+    together = module(x, absorbed=absorbed)
+    assert together.shape == (2, 3, 5, 16) and module.last_weights.shape == (2, 3, 4, 5, 5)
+    for i in range(2):
+        for j in range(3):
+            alone = module(x[i, j], absorbed=absorbed)  # (n, d_model): no batch dimension at all
+            np.testing.assert_allclose(together[i, j], alone, **ROUNDING)
+    torch_module = TorchLatent.from_twin(module)
+    np.testing.assert_allclose(torch_module(torch.from_numpy(x), absorbed=absorbed).detach().numpy(), together,
+                               **ROUNDING)
+
+
 def test_twins_compute_the_same_numbers_and_convert_both_ways():
     numpy_module = NumpyLatent(**WIDE, seed=6, rope_base=500.0)
     torch_module = TorchLatent.from_twin(numpy_module)
