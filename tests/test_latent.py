@@ -285,3 +285,19 @@ def _filled(module):
     cache = module.new_cache()
     module(_x(1, 2, 16), kv_cache=cache)
     return cache
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_both_paths_equal_the_numpy_twin():
+    numpy_module = NumpyLatent(**WIDE, seed=15)
+    module = TorchLatent.from_twin(numpy_module, device="cuda")
+    x = _x(2, 6, 16, seed=16)
+    expected = numpy_module(x)
+    for absorbed in (False, True):
+        cache = module.new_cache()
+        pieces = [module(torch.from_numpy(x[:, start:stop]).cuda(), kv_cache=cache, absorbed=absorbed)
+                  for start, stop in ((0, 4), (4, 5), (5, 6))]
+        np.testing.assert_allclose(torch.cat(pieces, dim=-2).cpu().numpy(), expected, **ROUNDING)
+        assert cache.c_kv.device.type == "cuda" and cache.nbytes == 2 * 6 * (10 + 4) * 8
+    with pytest.raises(ValueError, match="x is on cpu"):
+        module(torch.from_numpy(x))
