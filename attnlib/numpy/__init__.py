@@ -24,6 +24,7 @@ from .online_softmax import (
     rescale_factor,
     three_pass_softmax,
 )
+from .paged_cache import OutOfBlocksError, PagedKVCache
 from .softmax import softmax
 from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
 
@@ -34,4 +35,5 @@ __all__ = [
     "flash_attention", "flash_attention_backward", "flash_step",
     "flash_attention_steps", "FlashTrace", "FlashStep",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
+    "PagedKVCache", "OutOfBlocksError",
 ]

@@ -17,6 +17,7 @@ from .online_softmax import (
     rescale_factor,
     three_pass_softmax,
 )
+from .paged_cache import OutOfBlocksError, PagedKVCache
 from .softmax import softmax
 from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
 
@@ -26,4 +27,5 @@ __all__ = [
     "SoftmaxState", "merge", "rescale_factor", "three_pass_softmax", "online_softmax", "online_softmax_steps",
     "flash_attention", "flash_attention_backward", "flash_step",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
+    "PagedKVCache", "OutOfBlocksError",
 ]
