@@ -25,6 +25,7 @@ from .online_softmax import (
     three_pass_softmax,
 )
 from .paged_cache import OutOfBlocksError, PagedKVCache
+from .serving import Request, ServingTrace, serve
 from .softmax import softmax
 from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
 
@@ -35,5 +36,5 @@ __all__ = [
     "flash_attention", "flash_attention_backward", "flash_step",
     "flash_attention_steps", "FlashTrace", "FlashStep",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
-    "PagedKVCache", "OutOfBlocksError",
+    "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace",
 ]

@@ -18,6 +18,7 @@ from .online_softmax import (
     three_pass_softmax,
 )
 from .paged_cache import OutOfBlocksError, PagedKVCache
+from .serving import Request, ServingTrace, serve
 from .softmax import softmax
 from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
 
@@ -27,5 +28,5 @@ __all__ = [
     "SoftmaxState", "merge", "rescale_factor", "three_pass_softmax", "online_softmax", "online_softmax_steps",
     "flash_attention", "flash_attention_backward", "flash_step",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
-    "PagedKVCache", "OutOfBlocksError",
+    "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace",
 ]
