@@ -329,6 +329,16 @@ def test_triton_kernel_equals_attention_and_the_reference_chunk_states(n_q, caus
 
 
 @requires_triton
+def test_triton_kernel_in_float16_with_key_heads_shared_by_broadcasting():
+    q, k, v = triton_inputs(2, 21, batch=(1, 2))
+    k, v = k[:, :1], v[:, :1]  # (1, 1, 21, 16): both query heads read one key/value head
+    expected = at.attention(q.double(), k.double(), v.double(), causal=True)[0]
+    output = at.split_kv_attention(q.half(), k.half(), v.half(), n_splits=3, causal=True, backend="triton")
+    assert output.dtype == torch.float16 and output.shape == (1, 2, 2, 16)
+    torch.testing.assert_close(output.double(), expected, rtol=0, atol=2e-3)
+
+
+@requires_triton
 def test_triton_kernel_refuses_what_it_cannot_compute(monkeypatch):
     q, k, v = triton_inputs(1, 8)
     with pytest.raises(ValueError, match="at most 64 queries"):
