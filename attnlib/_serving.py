@@ -42,8 +42,12 @@ class ServingTrace:
     """What a serving run did, request by request and step by step.
 
     ``tokens[r]``: request r's prompt followed by its generated tokens. ``joined[r]`` / ``finished[r]``: the step
-    it joined at (it may wait past its arrival for blocks) and the step its last token came out at. Per step:
-    ``running`` (the requests that advanced), ``blocks_in_use`` and ``utilisation`` of the cache after the step.
+    it joined at (it may wait past its arrival for blocks) and the step its last token came out at.
+
+    Per step, ``running`` lists the requests that advanced. The rest describe the cache after the step, once the
+    sequences that finished in it have left: ``blocks_in_use``, ``utilisation`` (stored positions / the positions
+    those blocks hold), ``stored_positions``, and ``reserved_positions``, what a cache that reserves each running
+    sequence's whole length (prompt + n_new) up front, in one piece, would set aside for the same sequences.
     """
 
     tokens: list = field(default_factory=list)
@@ -52,6 +56,8 @@ class ServingTrace:
     running: list[list[int]] = field(default_factory=list)
     blocks_in_use: list[int] = field(default_factory=list)
     utilisation: list[float] = field(default_factory=list)
+    stored_positions: list[int] = field(default_factory=list)
+    reserved_positions: list[int] = field(default_factory=list)
 
     @property
     def n_steps(self) -> int:
@@ -148,6 +154,8 @@ def serve(model, requests, *, n_blocks: int, block_size: int, namespace):
             trace.running.append(advanced)
             trace.blocks_in_use.append(n_blocks - cache.n_free_blocks)
             trace.utilisation.append(cache.utilisation)
+            trace.stored_positions.append(cache.stored_positions)
+            trace.reserved_positions.append(sum(checked[r][0].shape[-1] + checked[r][1] for r in running))
             step += 1
     return trace
 

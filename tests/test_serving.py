@@ -46,6 +46,13 @@ def test_every_sequence_gets_the_tokens_it_gets_alone_with_the_contiguous_cache(
         assert finished - joined == max(work[request].n_new - 1, 0)  # one token per step, the first with the prompt
         assert all(request in trace.running[step] for step in range(joined, finished + 1) if work[request].n_new)
     assert max(trace.blocks_in_use) <= 12 and trace.blocks_in_use[-1] == 0  # all blocks back at the end
+    # Paged: at most block_size - 1 empty positions per sequence held; reserving whole lengths sets aside more.
+    for step, blocks in enumerate(trace.blocks_in_use):
+        held = blocks * 4 - trace.stored_positions[step]
+        assert 0 <= held <= 3 * len(trace.running[step])
+        assert trace.stored_positions[step] <= trace.reserved_positions[step]
+        assert trace.utilisation[step] == (1.0 if blocks == 0 else trace.stored_positions[step] / (blocks * 4))
+    assert sum(trace.reserved_positions) > sum(blocks * 4 for blocks in trace.blocks_in_use)
 
 
 def test_a_request_waits_for_blocks_and_takes_the_ones_freed(models):
