@@ -18,6 +18,7 @@ from .online_softmax import (
     three_pass_softmax,
 )
 from .paged_cache import OutOfBlocksError, PagedKVCache
+from .positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal_positions
 from .serving import Request, ServingTrace, serve
 from .softmax import softmax
 from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
@@ -27,6 +28,7 @@ __all__ = [
     "LayerNorm", "TransformerBlock", "TransformerLM", "TransformerEncoder", "mean_pool", "KVCache", "LayerCache",
     "SoftmaxState", "merge", "rescale_factor", "three_pass_softmax", "online_softmax", "online_softmax_steps",
     "flash_attention", "flash_attention_backward", "flash_step",
+    "apply_rope", "rope_angles", "sinusoidal_positions", "alibi_slopes", "alibi_bias",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
     "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace",
 ]
