@@ -25,7 +25,9 @@ from .online_softmax import (
     rescale_factor,
     three_pass_softmax,
 )
+from .paged_cache import OutOfBlocksError, PagedKVCache
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal_positions
+from .serving import Request, ServingTrace, serve
 from .softmax import softmax
 from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
 
@@ -38,4 +40,5 @@ __all__ = [
     "flash_attention_steps", "FlashTrace", "FlashStep",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
     "MultiHeadLatentAttention", "LatentCache",
+    "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace",
 ]

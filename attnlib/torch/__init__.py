@@ -18,7 +18,9 @@ from .online_softmax import (
     rescale_factor,
     three_pass_softmax,
 )
+from .paged_cache import OutOfBlocksError, PagedKVCache
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal_positions
+from .serving import Request, ServingTrace, serve
 from .softmax import softmax
 from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
 
@@ -30,4 +32,5 @@ __all__ = [
     "apply_rope", "rope_angles", "sinusoidal_positions", "alibi_slopes", "alibi_bias",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
     "MultiHeadLatentAttention", "LatentCache",
+    "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace",
 ]
