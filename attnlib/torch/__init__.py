@@ -2,6 +2,7 @@
 
 from .attention import attention, causal_mask
 from .block import TransformerBlock
+from .distributed import ring_attention, run_ring_demo, shard_sequence, unshard_sequence
 from .encoder import TransformerEncoder, mean_pool
 from .feedforward import FeedForward, gelu, gelu_tanh, relu
 from .flash_attention import flash_attention, flash_attention_backward, flash_step
@@ -24,4 +25,5 @@ __all__ = [
     "LayerNorm", "TransformerBlock", "TransformerLM", "TransformerEncoder", "mean_pool", "KVCache", "LayerCache",
     "SoftmaxState", "merge", "rescale_factor", "three_pass_softmax", "online_softmax", "online_softmax_steps",
     "flash_attention", "flash_attention_backward", "flash_step",
+    "ring_attention", "shard_sequence", "unshard_sequence", "run_ring_demo",
 ]
