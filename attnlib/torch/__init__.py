@@ -2,6 +2,7 @@
 
 from .attention import attention, causal_mask
 from .block import TransformerBlock
+from .distributed import ring_attention, run_ring_demo, shard_sequence, unshard_sequence
 from .encoder import TransformerEncoder, mean_pool
 from .feedforward import FeedForward, gelu, gelu_tanh, relu
 from .flash_attention import flash_attention, flash_attention_backward, flash_step
@@ -33,4 +34,5 @@ __all__ = [
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
     "MultiHeadLatentAttention", "LatentCache",
     "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace",
+    "ring_attention", "shard_sequence", "unshard_sequence", "run_ring_demo",
 ]
