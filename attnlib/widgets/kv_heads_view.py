@@ -10,11 +10,12 @@ length, computed by ``attnlib.sizes`` in Python and saved with the figure.
 
 from __future__ import annotations
 
+import dataclasses
 import numbers
 
 import traitlets
 
-from .. import _checks
+from .. import _checks, sizes
 from . import _validate
 from ._base import Figure, esm
 
@@ -38,6 +39,43 @@ def _bytes(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= float(value) < float("inf"):
         raise ValueError(f"{name} must be a finite number of bytes >= 0, got {value!r}")
     return int(value) if float(value).is_integer() else float(value)
+
+
+def _label(layout) -> str:
+    """How a layout reads in the table: its kind and what its cache holds per token and layer."""
+    if layout.kind == "MLA":
+        text = f"MLA: latent {layout.d_latent} + RoPE key {layout.d_rope}"
+    else:
+        n_kv_heads = layout.n_heads if layout.n_kv_heads is None else layout.n_kv_heads
+        text = f"{layout.kind}: {n_kv_heads} kv head{'s' * (n_kv_heads != 1)}"
+    return text + (f", window {layout.window}" if layout.window is not None else "")
+
+
+def layout_rows(layout, context_lengths, *, bytes_per_number: int | float = 2) -> list[dict]:
+    """The table rows of one published layout: its own, then the same layers, heads and head size with one
+    key/value head per query head (MHA), with a group count in between (GQA, where the model's own is not one) and
+    with one key/value head (MQA), and without its window if it has one. Bytes from ``attnlib.sizes``."""
+    base = dataclasses.replace(layout, d_latent=None, d_rope=None, window=None)
+    alternatives = [dataclasses.replace(base, n_kv_heads=None), dataclasses.replace(base, n_kv_heads=1)]
+    if layout.kind != "GQA":  # a group count in between: the largest proper divisor up to 8, as in Llama 3
+        groups = [n for n in range(min(8, layout.n_heads - 1), 1, -1) if layout.n_heads % n == 0]
+        if groups:
+            alternatives.insert(1, dataclasses.replace(base, n_kv_heads=groups[0]))
+    if layout.window is not None:
+        alternatives.insert(0, dataclasses.replace(layout, window=None))
+    rows, seen = [], set()
+    for candidate, own in [(layout, True)] + [(other, False) for other in alternatives]:
+        label = _label(candidate)
+        if label in seen:  # e.g. the model's own MHA layout again as the MHA alternative
+            continue
+        seen.add(label)
+        rows.append({"label": label, "scheme": candidate.kind, "own": own,
+                     "bytes_per_token": sizes.kv_cache_bytes_per_token(candidate, bytes_per_number=bytes_per_number),
+                     "bytes_at_context": [sizes.layout_kv_cache_bytes(candidate, n, bytes_per_number=bytes_per_number)
+                                          for n in context_lengths],
+                     "note": "" if own else f"{layout.name}'s layers, heads and head size with this cache layout"})
+    rows.sort(key=lambda row: (not row["own"], sizes.KINDS.index(row["scheme"])))
+    return rows
 
 
 def _row(name: str, row, n_contexts: int) -> dict:
@@ -133,6 +171,30 @@ class KVHeadsView(Figure):
             self.context_lengths, self.configs = context_lengths, configs
             self.scheme, self.n_kv_heads = scheme, n_kv_heads
             self.config, self.context, self.title = config, context, str(title)
+
+    @classmethod
+    def from_sizes(cls, names=None, *, context_lengths=(4096, 32_768, 131_072), bytes_per_number: int | float = 2,
+                   **options) -> KVHeadsView:
+        """The published layouts of ``attnlib.sizes.CACHE_LAYOUTS`` (all, or those named), each with the
+        alternatives of ``layout_rows``, priced at ``bytes_per_number`` (2: bfloat16) for ``context_lengths``."""
+        context_lengths = _context_lengths(context_lengths)
+        if names is None:
+            names = list(sizes.CACHE_LAYOUTS)
+        if isinstance(names, str) or not hasattr(names, "__iter__"):
+            raise TypeError(f"names must be a list of names from attnlib.sizes.CACHE_LAYOUTS, got {names!r:.100}")
+        unknown = [name for name in names if name not in sizes.CACHE_LAYOUTS]
+        if unknown:
+            raise ValueError(f"names {unknown} are not in attnlib.sizes.CACHE_LAYOUTS, which holds "
+                             f"{list(sizes.CACHE_LAYOUTS)}")
+        configs = []
+        for name in names:
+            layout = sizes.CACHE_LAYOUTS[name]
+            note = (f"{layout.n_layers} layers, {layout.n_heads} query heads of {layout.d_head}; "
+                    f"{'bfloat16' if bytes_per_number == 2 else f'{bytes_per_number} bytes per number'}. "
+                    f"Source: {layout.source}.")
+            configs.append({"name": name, "note": note,
+                            "rows": layout_rows(layout, context_lengths, bytes_per_number=bytes_per_number)})
+        return cls(configs, context_lengths=context_lengths, **options)
 
     @traitlets.validate("scheme")
     def _check_scheme(self, proposal):
