@@ -17,11 +17,15 @@ from .online_softmax import (
     rescale_factor,
     three_pass_softmax,
 )
+from .positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal_positions
 from .softmax import softmax
+from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
 
 __all__ = [
     "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "gelu_tanh",
     "LayerNorm", "TransformerBlock", "TransformerLM", "TransformerEncoder", "mean_pool", "KVCache", "LayerCache",
     "SoftmaxState", "merge", "rescale_factor", "three_pass_softmax", "online_softmax", "online_softmax_steps",
     "flash_attention", "flash_attention_backward", "flash_step",
+    "apply_rope", "rope_angles", "sinusoidal_positions", "alibi_slopes", "alibi_bias",
+    "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
 ]
