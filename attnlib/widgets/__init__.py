@@ -13,6 +13,10 @@ changes. Display one by making it the last expression of a cell.
 * ``FeedForwardMemoryView`` -- an FFN as key-value memory: which slots fire for an input, what they add up to.
 * ``ModelView`` -- every layer x head of an encoder as small heatmaps for a few sentences; click one to open it;
   attention weights or weight x ||value||.
+* ``RopeView`` -- rotary positions in one plane: a query and a key turned by their positions; the score stays put
+  when both shift.
+* ``KVHeadsView`` -- which key/value heads each query head reads (MHA, GQA, MQA, MLA) and the KV-cache bytes of
+  published models.
 """
 
 from .add_norm_view import AddNormView
@@ -20,8 +24,10 @@ from .attention_explorer import ALL_HEADS, AttentionExplorer
 from .exam_grader import ExamGrader
 from .feed_forward_memory_view import FeedForwardMemoryView
 from .kv_cache_view import KVCacheView
+from .kv_heads_view import KVHeadsView
 from .model_view import ModelView
+from .rope_view import RopeView
 from .tile_stepper import TileStepper
 
 __all__ = ["AttentionExplorer", "ALL_HEADS", "TileStepper", "ExamGrader", "KVCacheView", "AddNormView",
-           "FeedForwardMemoryView", "ModelView"]
+           "FeedForwardMemoryView", "ModelView", "RopeView", "KVHeadsView"]

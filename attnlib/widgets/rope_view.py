@@ -91,7 +91,8 @@ class RopeView(Figure):
     title = traitlets.Unicode("").tag(sync=True)
 
     def __init__(self, q, k, *, n_positions: int = 16, base: float = 10000.0, pairs=None, interleaved: bool = False,
-                 pair: int = 0, query_position: int = 5, key_position: int = 2, title: str = "", **kwargs):
+                 pair: int = 0, query_position: int | None = None, key_position: int | None = None,
+                 title: str = "", **kwargs):
         super().__init__(**kwargs)
         q, k = self._vectors(q, k)
         interleaved = _checks.flag("interleaved", interleaved)
@@ -104,8 +105,9 @@ class RopeView(Figure):
             for name, value in data.items():
                 setattr(self, name, value)
             self.pair = _validate.index("pair", pair, len(pairs), what="planes on offer")
-            self.query_position = query_position
-            self.key_position = key_position
+            # By default the query a few positions after the key, as in a sentence being read.
+            self.query_position = min(5, n_positions - 1) if query_position is None else query_position
+            self.key_position = min(2, n_positions - 1) if key_position is None else key_position
             self.title = str(title)
 
     @staticmethod
