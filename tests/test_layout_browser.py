@@ -237,6 +237,12 @@ def meaningless_alt(alt: str | None, src: str) -> bool:
             or re.search(r"[0-9a-f]{16,}", text) is not None or (stem and stem in text))
 
 
+def test_object_repr_rule():
+    assert OBJECT_REPR.search("<torch._C.Generator at 0x7f3a2c1b5d30>")
+    assert OBJECT_REPR.search("<matplotlib.image.AxesImage at 0x7f3a2c1b5d30>")
+    assert not OBJECT_REPR.search("tensor([1, 2]) and <mask> at position 3")
+
+
 def test_alt_text_rule():
     assert meaningless_alt("d81b6e4c0f3a9e2b7c1d5e8f90a1b2c3.png", "_images/d81b6e4c0f3a9e2b7c1d5e8f90a1b2c3.png")
     assert meaningless_alt("figure", "_images/a.png")
@@ -252,7 +258,9 @@ def test_every_image_has_a_meaningful_alt_text(measured, path):
     assert not problems, f"{path}: images whose alt text does not say what they show:{listing(problems)}"
 
 
-OBJECT_REPR = re.compile(r"<(?:torch\._C\.\w+|[\w.]+ object) at 0x[0-9a-fA-F]+>|<torch\._C")
+# <torch._C.Generator at 0x7f...>, <matplotlib.image.AxesImage at 0x...>, <Foo object at 0x...>: a value that
+# a cell's last line returned by accident.
+OBJECT_REPR = re.compile(r"<[\w.]+(?: object)? at 0x[0-9a-fA-F]+>|<torch\._C")
 
 
 @pytest.mark.parametrize("path", PAGES)
