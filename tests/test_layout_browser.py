@@ -121,8 +121,24 @@ MEASURE = r"""
   const outputs = [...column.querySelectorAll("div.cell_output")].map((node) => ({
     name: name(node), text: node.innerText,
   }));
+  // The KV-cache figure: the attention bars must sit beside the cache rows (same top) and name every row.
+  const caches = [...column.querySelectorAll(".attnlib-kv")].map((node) => {
+    const keys = node.querySelector("svg[data-role=K-cache]");
+    const bars = node.querySelector("svg[data-role=attention]");
+    return { name: name(node), keysTop: keys && keys.getBoundingClientRect().top,
+             barsTop: bars && bars.getBoundingClientRect().top, rows: keys ? Number(keys.dataset.rows) : 0,
+             barLabels: bars ? [...bars.querySelectorAll("text[data-row]")].filter((t) => t.textContent.trim()).length
+                             : 0 };
+  });
+  // The box every chapter opens with: the first thing after the title.
+  const title = column.querySelector("h1");
+  let next = title ? title.nextElementSibling : null;
+  const box = next && next.classList.contains("admonition")
+    ? (next.querySelector(".admonition-title") || {}).textContent || "" : null;
+  const icon = document.querySelector('link[rel~="icon"]');
   return { column: { left: columnBox.left, right: columnBox.right, width: columnBox.width },
-           wide, clipped, outside, widgets, heatmaps, images, outputs };
+           wide, clipped, outside, widgets, heatmaps, images, outputs, caches, box,
+           favicon: icon ? icon.getAttribute("href") : null };
 }
 """
 
@@ -225,6 +241,31 @@ def test_every_heatmap_labels_its_tokens(measured, path):
                 f"{h['columnLabels']} labels" for h in found["heatmaps"]
                 if h["rowLabels"] != h["rows"] or h["columnLabels"] != h["columns"]]
     assert not problems, f"{path}: heatmaps without token labels:{listing(problems)}"
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_kv_cache_bars_sit_beside_the_cache_with_token_labels(measured, path):
+    found = measured(path, 1280)
+    problems = [f"{c['name']}: bars start at {c['barsTop']} px, the K cache at {c['keysTop']} px; "
+                f"{c['barLabels']} bar labels for {c['rows']} cached rows" for c in found["caches"]
+                if c["barsTop"] is not None and (abs(c["barsTop"] - c["keysTop"]) > 1 or c["barLabels"] != c["rows"])]
+    assert not problems, f"{path} at a 1280 px window: the attention bars wrapped or lost their labels:" \
+                         f"{listing(problems)}"
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_chapter_opens_with_its_box(measured, path):
+    found = measured(path, 1280)
+    assert found["box"] == "In this chapter", (f"{path}: the first thing after the title must be the admonition "
+                                               f"titled 'In this chapter', found {found['box']!r}")
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_pages_have_a_favicon(measured, path):
+    found = measured(path, 1280)
+    assert found["favicon"], f"{path}: no <link rel=icon>"
+    target = (SITE / path).parent / found["favicon"]
+    assert target.resolve().is_file(), f"{path}: the favicon {found['favicon']} is not in the site"
 
 
 def meaningless_alt(alt: str | None, src: str) -> bool:
