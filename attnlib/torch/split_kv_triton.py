@@ -5,9 +5,9 @@
 
 * grid axis 0 picks one (batch, head) pair, grid axis 1 one of the ``n_splits`` chunks of its keys -- the same
   balanced cut as ``attnlib.occupancy.split_bounds``, chunk s starting at ``s * n_k // n_splits``;
-* the program loads its few queries once, walks its chunk ``BLOCK_K`` keys at a time with the very tile step of
-  the FlashAttention forward kernel (``attnlib.torch.flash_triton._forward_step``), keeping the online-softmax
-  state ``m``, ``l`` and the unnormalised ``acc`` in registers;
+* the program loads its few queries once and walks its chunk ``BLOCK_K`` keys at a time, keeping the
+  online-softmax state ``m``, ``l`` and the unnormalised ``acc`` in registers -- the tile step of the FlashAttention
+  forward kernel (``attnlib.torch.flash_triton``), whose query block is here the handful of decoding queries;
 * it writes that state -- not a normalised output -- for its chunk. The merge over the chunks is a few torch
   operations on a tensor of size (batch · heads, n_splits, n_q, d), done by the caller.
 
@@ -29,6 +29,42 @@ from .flash_triton import LN2, LOG2E, tl, triton
 MAX_QUERIES = 64  # queries per (batch, head) that one program holds in registers
 BLOCK_K_COMPILED = 64  # keys per tile step on a GPU: fixed (no autotuning) so that the kernel reads plainly
 BLOCK_K_INTERPRETED = 16  # under the interpreter, a small tile keeps the NumPy work per step small
+
+
+@triton.jit
+def _chunk_step(
+    q, m, l, acc, K, V, stride_k_n, stride_v_n, tile_start, offs_q, end_k, offset, qk_scale,
+    CAUSAL: tl.constexpr, MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_K: tl.constexpr,
+    PRECISION: tl.constexpr,
+):
+    """Fold keys tile_start .. tile_start + BLOCK_K - 1 of the chunk (ending at end_k) into (m, l, acc)."""
+    offs_k = tile_start + tl.arange(0, BLOCK_K)
+    offs_d = tl.arange(0, HEAD_DIM)
+    k_ptrs = K + offs_k[:, None] * stride_k_n + offs_d[None, :]
+    v_ptrs = V + offs_k[:, None] * stride_v_n + offs_d[None, :]
+    if MASKED:  # the tile may run past the chunk: read zeros there, the next chunk's keys are not ours
+        k = tl.load(k_ptrs, mask=offs_k[:, None] < end_k, other=0.0)  # (block_k, d)
+        v = tl.load(v_ptrs, mask=offs_k[:, None] < end_k, other=0.0)  # (block_k, d)
+    else:
+        k = tl.load(k_ptrs)
+        v = tl.load(v_ptrs)
+
+    # Base-2 scores: qk_scale = scale * log2(e), so exp2 below is exp of the real scores (exp2 is the GPU's own).
+    s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (block_q, block_k)
+    if MASKED:
+        visible = offs_k[None, :] < end_k
+        if CAUSAL:
+            visible = visible & (offs_k[None, :] <= offs_q[:, None] + offset)  # bottom-right aligned
+        s = tl.where(visible, s, float("-inf"))  # -inf: exactly zero weight
+
+    # The online-softmax update: a larger maximum shrinks what was summed so far by rescale = 2^(m_old - m_new).
+    m_new = tl.maximum(m, tl.max(s, 1))  # (block_q,)
+    m_shift = tl.where(m_new == float("-inf"), 0.0, m_new)  # a query that saw only -inf: shift by 0, not by -inf
+    rescale = tl.exp2(m - m_shift)  # (block_q,)
+    p = tl.exp2(s - m_shift[:, None])  # (block_q, block_k): unnormalised weights, all <= 1
+    l = l * rescale + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * rescale[:, None], input_precision=PRECISION)  # acc = acc·rescale + p @ v
+    return m_new, l, acc
 
 
 @triton.jit
@@ -60,7 +96,7 @@ def _split_kv_kernel(
 
     # Which tiles need a mask? Causal attention is aligned bottom-right: query i sees keys j <= i + offset, so
     # every query sees the keys before offset + 1 (those the first query sees). Beyond them, and in the ragged
-    # last tile of the chunk, the tile step masks; the tile step masks keys >= its n_k, here the chunk's end.
+    # last tile of the chunk, the tile step masks.
     offset = n_k - n_q
     end_full = end_k
     if CAUSAL:
@@ -69,13 +105,13 @@ def _split_kv_kernel(
 
     # 1) Tiles that every query sees in full: no mask.
     for tile_start in range(start_k, end_full, BLOCK_K):
-        m, l, acc = flash_triton._forward_step(
+        m, l, acc = _chunk_step(
             q, m, l, acc, K, V, stride_k_n, stride_v_n, tile_start, offs_q, end_k, offset, qk_scale,
             CAUSAL, False, HEAD_DIM, BLOCK_K, PRECISION,
         )
     # 2) The chunk's ragged end and, causal, the keys some queries must not see: masked.
     for tile_start in range(end_full, end_k, BLOCK_K):
-        m, l, acc = flash_triton._forward_step(
+        m, l, acc = _chunk_step(
             q, m, l, acc, K, V, stride_k_n, stride_v_n, tile_start, offs_q, end_k, offset, qk_scale,
             CAUSAL, True, HEAD_DIM, BLOCK_K, PRECISION,
         )
@@ -87,6 +123,12 @@ def _split_kv_kernel(
     tl.store(Acc + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=in_range[:, None])
     tl.store(M + row, m, mask=in_range)
     tl.store(L + row, l, mask=in_range)
+
+
+def _precision(dtype) -> str:
+    # float32: full-precision products (TF32 would cost three decimal digits); half precision uses the tensor
+    # cores natively whatever this says.
+    return "ieee" if dtype == torch.float32 else "tf32"
 
 
 def _block_q(n_q: int) -> int:
@@ -149,7 +191,7 @@ def partials(q, k, v, n_splits: int, causal: bool, scale: float):
         q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
         n_q, n_k, n_splits, scale * LOG2E,
         CAUSAL=causal, HEAD_DIM=head_dim, BLOCK_Q=_block_q(n_q), BLOCK_K=block_k,
-        PRECISION=flash_triton._precision(q3.dtype),
+        PRECISION=_precision(q3.dtype),
     )
     parts = tuple(batch_shape) + (n_splits, n_q)
     # The kernel keeps base-2 scores (exp2 is the native instruction); m * ln 2 is the natural-log maximum.
