@@ -43,7 +43,7 @@ class PagedKVCache:
         raise NotImplementedError
 
     @staticmethod
-    def _concatenate(arrays):  # along the positions axis, -2
+    def _take(pools, blocks: list[int]):  # pools (..., n_blocks, H, block_size, d) -> the listed blocks, in order
         raise NotImplementedError
 
     @staticmethod
@@ -214,14 +214,20 @@ class PagedKVCache:
             written += count
 
     def _gather(self, seq: int, layers):
-        """Keys and values of ``seq`` from the pools of ``layers``: (..., n_kv_heads, length, d_head)."""
+        """Keys and values of ``seq`` from the pools of ``layers``: (..., n_kv_heads, length, d_head).
+
+        One indexed read per pool picks the sequence's blocks, in block-table order, wherever they lie.
+        """
         table, length = self._tables[seq], self._lengths[seq]
-        if not table:  # nothing stored yet: an empty positions axis
-            empty = self.key_pool[layers, 0, :, :0, :]
-            return empty, empty
-        keys = self._concatenate([self.key_pool[layers, block] for block in table])  # (..., H, blocks·size, d)
-        values = self._concatenate([self.value_pool[layers, block] for block in table])
-        return keys[..., :length, :], values[..., :length, :]  # the last block may be partly empty
+        return self._read_blocks(self.key_pool, layers, table, length), self._read_blocks(
+            self.value_pool, layers, table, length)
+
+    def _read_blocks(self, pool, layers, table, length):
+        blocks = self._take(pool[layers], table)  # (..., blocks, H, block_size, d): in table order
+        blocks = blocks.swapaxes(-4, -3)  # (..., H, blocks, block_size, d)
+        shape = tuple(blocks.shape)
+        positions = blocks.reshape(shape[:-3] + (shape[-3] * shape[-2], shape[-1]))  # (..., H, blocks·size, d)
+        return positions[..., :length, :]  # the last block may be partly empty
 
     def snapshot(self):
         """The bookkeeping (block tables, lengths, free list) as it is now; ``restore`` puts it back.
