@@ -28,7 +28,13 @@ from .paged_cache import OutOfBlocksError, PagedKVCache
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal_positions
 from .serving import Request, ServingTrace, serve
 from .softmax import softmax
-from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
+from .split_kv import (
+    PartialAttention,
+    merge_partials,
+    paged_attention,
+    split_kv_attention,
+    split_kv_partials,
+)
 
 __all__ = [
     "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "gelu_tanh",
@@ -38,5 +44,5 @@ __all__ = [
     "apply_rope", "rope_angles", "sinusoidal_positions", "alibi_slopes", "alibi_bias",
     "flash_attention_steps", "FlashTrace", "FlashStep",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
-    "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace",
+    "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace", "paged_attention",
 ]

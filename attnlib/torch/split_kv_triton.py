@@ -196,3 +196,108 @@ def partials(q, k, v, n_splits: int, causal: bool, scale: float):
     parts = tuple(batch_shape) + (n_splits, n_q)
     # The kernel keeps base-2 scores (exp2 is the native instruction); m * ln 2 is the natural-log maximum.
     return (m * LN2).reshape(parts), l.reshape(parts), acc.reshape(parts + (head_dim,))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The same decode, reading the keys and values through a paged cache's block tables
+# --------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _paged_split_kv_kernel(
+    Q, KeyPool, ValuePool, Tables, Lengths, Acc, M, L,
+    stride_q_seq, stride_q_head, stride_q_n, stride_pool_block, stride_pool_head, stride_table_seq,
+    n_heads, n_q, n_splits, qk_scale,
+    HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_SIZE: tl.constexpr, PRECISION: tl.constexpr,
+):
+    """One program = the n_q queries of one (sequence, head) against one chunk of that sequence's blocks."""
+    seq_head = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    seq, head = seq_head // n_heads, seq_head % n_heads
+    length = tl.load(Lengths + seq)  # positions this sequence holds; its queries are the last n_q of them
+    n_blocks = tl.cdiv(length, BLOCK_SIZE)
+    # The chunk: the sequence's logical blocks first_block .. end_block - 1 (none when it has fewer than n_splits).
+    first_block = (split * n_blocks // n_splits).to(tl.int32)
+    end_block = ((split + 1) * n_blocks // n_splits).to(tl.int32)
+
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_d = tl.arange(0, HEAD_DIM)
+    q = tl.load(Q + seq * stride_q_seq + head * stride_q_head + offs_q[:, None] * stride_q_n + offs_d[None, :],
+                mask=offs_q[:, None] < n_q, other=0.0)
+    m = tl.full([BLOCK_Q], float("-inf"), dtype=tl.float32)
+    l = tl.zeros([BLOCK_Q], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_Q, HEAD_DIM], dtype=tl.float32)
+
+    for block in range(first_block, end_block):
+        # The block table says where logical block `block` lies in the pool: the only change paging makes.
+        physical = tl.load(Tables + seq * stride_table_seq + block).to(tl.int64)
+        block_start = block * BLOCK_SIZE  # the position of the block's first key in the sequence
+        m, l, acc = _chunk_step(
+            q, m, l, acc,
+            KeyPool + physical * stride_pool_block + head * stride_pool_head,
+            ValuePool + physical * stride_pool_block + head * stride_pool_head,
+            HEAD_DIM, HEAD_DIM, 0, offs_q,
+            length - block_start,  # keys of the block past the sequence's end are masked
+            length - n_q - block_start,  # causal, bottom-right aligned, counted from the block's first key
+            qk_scale, True, True, HEAD_DIM, BLOCK_SIZE, PRECISION,
+        )
+
+    row = (seq_head * n_splits + split) * n_q + offs_q  # (BLOCK_Q,): this chunk's rows
+    in_range = offs_q < n_q
+    tl.store(Acc + row[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=in_range[:, None])
+    tl.store(M + row, m, mask=in_range)
+    tl.store(L + row, l, mask=in_range)
+
+
+def check_supported_paged(q, cache) -> None:
+    """Refuse, by name, what the paged decode kernel cannot compute correctly (arguments already checked)."""
+    pool = cache.key_pool
+    flash_triton.check_supported(q, pool[0, 0], pool[0, 0], None, None)  # dtype, head dimension, device
+    if q.shape[-2] > MAX_QUERIES:
+        raise ValueError(f"backend='triton' decodes at most {MAX_QUERIES} queries per (sequence, head), got "
+                         f"n_q = {q.shape[-2]}: use backend='torch'")
+    block_size = cache.block_size
+    if block_size < 16 or block_size & (block_size - 1):
+        raise ValueError(f"backend='triton' reads a block as one tile, so the cache's block_size must be a power of "
+                         f"two >= 16 (tl.dot needs 16), got block_size={block_size}: use backend='torch'")
+    if torch.is_grad_enabled() and q.requires_grad:
+        raise ValueError("backend='triton' of paged_attention has no backward pass (decoding is inference): call it "
+                         "under torch.no_grad(), detach q, or use backend='torch'")
+
+
+def can_run_paged(q, cache) -> bool:
+    """Whether ``backend="auto"`` should pick the paged kernel."""
+    try:
+        check_supported_paged(q, cache)
+    except (ImportError, TypeError, ValueError):
+        return False
+    return True
+
+
+def paged_partials(q, cache, seqs, layer: int, n_splits: int, scale: float):
+    """Each chunk's state from the paged kernel -> (m, l, acc), float32, shaped (S, H, n_splits, n_q[, d]).
+
+    The block tables of ``seqs`` are padded into one (S, max blocks) int32 tensor for the kernel; every program
+    reads only the blocks its sequence owns. Arguments come checked from ``attnlib.torch.paged_attention``.
+    """
+    n_seqs, n_heads, n_q, head_dim = q.shape
+    tables = [cache.block_table(seq) for seq in seqs]
+    width = max(1, max(len(table) for table in tables))
+    padded = torch.zeros((n_seqs, width), dtype=torch.int32)  # (S, max blocks): unused entries are never read
+    for index, table in enumerate(tables):
+        padded[index, :len(table)] = torch.tensor(table, dtype=torch.int32)
+    lengths = torch.tensor([cache.length(seq) for seq in seqs], dtype=torch.int32, device=q.device)  # (S,)
+    padded = padded.to(q.device)
+    q4 = q.contiguous()  # (S, H, n_q, d)
+    key_pool, value_pool = cache.key_pool[layer], cache.value_pool[layer]  # (n_blocks, H, block_size, d)
+    acc = torch.empty((n_seqs * n_heads, n_splits, n_q, head_dim), device=q.device, dtype=torch.float32)
+    m = torch.empty((n_seqs * n_heads, n_splits, n_q), device=q.device, dtype=torch.float32)
+    l = torch.empty_like(m)
+    _paged_split_kv_kernel[(n_seqs * n_heads, n_splits)](
+        q4, key_pool, value_pool, padded, lengths, acc, m, l,
+        q4.stride(0), q4.stride(1), q4.stride(2), key_pool.stride(0), key_pool.stride(1), padded.stride(0),
+        n_heads, n_q, n_splits, scale * LOG2E,
+        HEAD_DIM=head_dim, BLOCK_Q=_block_q(n_q), BLOCK_SIZE=cache.block_size, PRECISION=_precision(q4.dtype),
+    )
+    parts = (n_seqs, n_heads, n_splits, n_q)
+    return (m * LN2).reshape(parts), l.reshape(parts), acc.reshape(parts + (head_dim,))
