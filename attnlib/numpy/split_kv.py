@@ -16,6 +16,9 @@ Two such states are merged exactly as the online softmax merges two blocks of a 
 and added (:func:`merge_partials`). The merge is associative and commutative, so the chunks may finish in any
 order and be combined in any grouping; the result is attention over all the keys, ``acc / l``, with the row's
 log-sum-exp ``lse = m + log l``.
+
+:func:`paged_attention` does the same for many sequences held in a ``PagedKVCache``: the chunks are runs of whole
+blocks, read where the block tables say they lie, with no contiguous copy of any sequence.
 """
 
 from __future__ import annotations

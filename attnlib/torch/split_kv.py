@@ -8,6 +8,9 @@ online softmax merges the blocks of a row. Two backends compute the chunks:
 * ``backend="triton"``: the decode kernel of ``attnlib.torch.split_kv_triton``, one GPU program per
   (batch · head, chunk), imported only when asked for;
 * ``backend="auto"``: triton for CUDA tensors it supports, otherwise torch.
+
+``paged_attention`` reads the chunks straight from a ``PagedKVCache`` through its block tables, with the same two
+backends.
 """
 
 from __future__ import annotations

@@ -11,6 +11,9 @@
 * it writes that state -- not a normalised output -- for its chunk. The merge over the chunks is a few torch
   operations on a tensor of size (batch · heads, n_splits, n_q, d), done by the caller.
 
+A second kernel, for :func:`paged_partials`, is the same program reading a ``PagedKVCache``: its chunk is a run
+of the sequence's blocks, and before each block it looks up in the block table where that block lies in the pool.
+
 The queries of a program are padded to a block of at least 16 rows (``tl.dot`` needs 16), so the kernel is for
 decoding: at most ``MAX_QUERIES`` queries; longer query blocks belong to ``flash_attention``. There is no backward
 kernel: the decode path is for inference, and a call that would need gradients is refused.
