@@ -94,6 +94,7 @@ class PagedKVCache:
 
     @property
     def n_free_blocks(self) -> int:
+        """Blocks on the free list, ready for any sequence."""
         return len(self._free)
 
     @property
