@@ -61,6 +61,7 @@ class ServingTrace:
 
     @property
     def n_steps(self) -> int:
+        """Steps the run took, from step 0 to the step of the last token."""
         return len(self.running)
 
 
@@ -82,6 +83,7 @@ class _PagedLayer:
 
 
 def _blocks_for(request_positions: int, block_size: int) -> int:
+    """Blocks that hold ``request_positions`` positions."""
     return math.ceil(request_positions / block_size)
 
 

@@ -24,8 +24,8 @@ class PagedKVCache(_paged_cache.PagedKVCache):
         return np.zeros(shape, dtype=dtype)
 
     @staticmethod
-    def _concatenate(arrays):
-        return np.concatenate(arrays, axis=-2)  # along the positions axis
+    def _take(pools, blocks):
+        return np.take(pools, np.asarray(blocks, dtype=np.intp), axis=-4)  # (..., blocks, H, block_size, d)
 
     @staticmethod
     def _as_array(name, x):

@@ -23,7 +23,13 @@ from .paged_cache import OutOfBlocksError, PagedKVCache
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal_positions
 from .serving import Request, ServingTrace, serve
 from .softmax import softmax
-from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
+from .split_kv import (
+    PartialAttention,
+    merge_partials,
+    paged_attention,
+    split_kv_attention,
+    split_kv_partials,
+)
 
 __all__ = [
     "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "gelu_tanh",
@@ -33,6 +39,6 @@ __all__ = [
     "apply_rope", "rope_angles", "sinusoidal_positions", "alibi_slopes", "alibi_bias",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
     "MultiHeadLatentAttention", "LatentCache",
-    "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace",
+    "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace", "paged_attention",
     "ring_attention", "shard_sequence", "unshard_sequence", "run_ring_demo",
 ]

@@ -24,8 +24,9 @@ class PagedKVCache(_paged_cache.PagedKVCache):
         return torch.zeros(shape, dtype=dtype, device=device)
 
     @staticmethod
-    def _concatenate(arrays):
-        return torch.cat(arrays, dim=-2)  # along the positions axis
+    def _take(pools, blocks):
+        index = torch.tensor(blocks, dtype=torch.long, device=pools.device)
+        return pools.index_select(-4, index)  # (..., blocks, H, block_size, d)
 
     @staticmethod
     def _as_array(name, x):
