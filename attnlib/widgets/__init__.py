@@ -13,6 +13,7 @@ changes. Display one by making it the last expression of a cell.
 * ``FeedForwardMemoryView`` -- an FFN as key-value memory: which slots fire for an input, what they add up to.
 * ``ModelView`` -- every layer x head of an encoder as small heatmaps for a few sentences; click one to open it;
   attention weights or weight x ||value||.
+* ``RingView`` -- ring attention step by step: key/value shards travel around the ranks, each merges its m and l.
 """
 
 from .add_norm_view import AddNormView
@@ -21,7 +22,8 @@ from .exam_grader import ExamGrader
 from .feed_forward_memory_view import FeedForwardMemoryView
 from .kv_cache_view import KVCacheView
 from .model_view import ModelView
+from .ring_view import RingView
 from .tile_stepper import TileStepper
 
 __all__ = ["AttentionExplorer", "ALL_HEADS", "TileStepper", "ExamGrader", "KVCacheView", "AddNormView",
-           "FeedForwardMemoryView", "ModelView"]
+           "FeedForwardMemoryView", "ModelView", "RingView"]
