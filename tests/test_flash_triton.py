@@ -207,7 +207,7 @@ def test_flash_attention_triton_backend_trains_through_autograd(n_q, n_k, causal
 STEPS = {
     "_forward_step": ("offs_q", "start_k", "MASKED"),
     "_backward_dq_step": ("offs_q", "start_k", "MASKED"),
-    "_backward_dk_dv_step": ("offs_k", "start_q", "ON_DIAGONAL"),
+    "_backward_dk_dv_step": ("offs_k", "start_q", "MASKED"),
 }
 
 
