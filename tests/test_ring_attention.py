@@ -235,3 +235,20 @@ def test_work_balance(world_size):
     assert max(zigzag) == min(zigzag)
     assert max(contiguous) / min(contiguous) == pytest.approx(2 * world_size - 1, rel=0.02)
     assert distributed.work_per_rank(world_size, "contiguous", causal=False, chunk=4) == [16 * world_size] * world_size
+
+
+def test_merging_two_halves_by_log_sum_exp_gives_the_whole():
+    q, k, v, _ = whole_sequence(12, seed=7)
+    parts = [at.flash_attention(q, k[..., keys, :], v[..., keys, :], return_lse=True)
+             for keys in (slice(0, 5), slice(5, 12))]
+    output, lse = distributed.merge_partials(*parts[0], *parts[1])
+    whole, whole_lse = at.flash_attention(q, k, v, return_lse=True)
+    torch.testing.assert_close(output, whole, rtol=0, atol=1e-14)
+    torch.testing.assert_close(lse, whole_lse, rtol=0, atol=1e-14)
+    in_place = [x.clone() for x in parts[0]]
+    distributed._merge_into(*in_place, *[x.clone() for x in parts[1]])
+    torch.testing.assert_close(in_place[0], output, rtol=0, atol=1e-15)
+    empty = (torch.zeros_like(output), torch.full_like(lse, float("-inf")))  # nothing seen yet: weight 0
+    assert torch.equal(distributed.merge_partials(*empty, output, lse)[0], output)
+    with pytest.raises(ValueError, match="the parts must have one shape"):
+        distributed.merge_partials(output, lse, output[..., :3, :], lse[..., :3])

@@ -137,17 +137,38 @@ def _pieces(x, count: int) -> list:
     return list(torch.chunk(x, count, dim=-2))
 
 
-def _merge(output, lse, partial_output, partial_lse):
-    """Merge two partial results of the same query rows by log-sum-exp -> (output, lse).
+def merge_partials(output, lse, partial_output, partial_lse):
+    """Merge two partial attention results of the same query rows by log-sum-exp -> (output, lse).
 
-    With lse = log(sum(exp(scores))) over the keys each part saw, the whole is lse = log(exp(lse_a) + exp(lse_b)),
-    and each part's normalised output is weighted by its share exp(lse_part - lse). Rows that have seen nothing yet
-    have lse = -inf and get weight 0; ``torch.logaddexp`` keeps that exact.
+    Each part attended to its own keys: ``output`` (..., rows, d_v) is its normalised output and ``lse`` (..., rows)
+    the log of its softmax denominator, log(sum(exp(scores))) over its keys. Together the denominator is
+    exp(lse_a) + exp(lse_b), so lse = log(exp(lse_a) + exp(lse_b)), and each part's output counts with its share
+    of it, exp(lse_part - lse). A row that has seen nothing yet has lse = -inf and weight 0 (``torch.logaddexp``
+    keeps that exact). The same merge as chapter 9's ``merge`` of online-softmax states, written for outputs.
     """
+    for name, x in (("output", output), ("lse", lse), ("partial_output", partial_output),
+                    ("partial_lse", partial_lse)):
+        _checks.torch_tensor(name, x)
+    if output.shape != partial_output.shape or lse.shape != partial_lse.shape or lse.shape != output.shape[:-1]:
+        raise ValueError(f"the parts must have one shape, output (..., rows, d_v) and lse (..., rows), got output "
+                         f"{tuple(output.shape)}, lse {tuple(lse.shape)}, partial_output "
+                         f"{tuple(partial_output.shape)}, partial_lse {tuple(partial_lse.shape)}")
     new_lse = torch.logaddexp(lse, partial_lse)
     old_weight = torch.exp(lse - new_lse)[..., None]  # (..., rows, 1)
     new_weight = torch.exp(partial_lse - new_lse)[..., None]
     return output * old_weight + partial_output * new_weight, new_lse
+
+
+def _merge_into(output, lse, partial_output, partial_lse) -> None:
+    """``merge_partials`` in place, into ``output`` and ``lse`` (and scaling ``partial_output``, which is spent).
+
+    The ring merges once per chunk pair; written in place, a merge allocates only per-row vectors, not three more
+    outputs' worth of memory.
+    """
+    new_lse = torch.logaddexp(lse, partial_lse)
+    output.mul_(torch.exp(lse - new_lse)[..., None])
+    output.add_(partial_output.mul_(torch.exp(partial_lse - new_lse)[..., None]))
+    lse.copy_(new_lse)
 
 
 def _forward_step(q_chunks, q_ids, k, v, k_ids, output, lse, causal: bool, scale: float, record=None):
@@ -168,8 +189,7 @@ def _forward_step(q_chunks, q_ids, k, v, k_ids, output, lse, causal: bool, scale
             partial_output, partial_lse = forward_tiled(q_chunk, k_chunk, v_chunk, kind == DIAGONAL, scale,
                                                         block_q, block_k)
             rows = slice(i * chunk, (i + 1) * chunk)
-            output[..., rows, :], lse[..., rows] = _merge(output[..., rows, :], lse[..., rows], partial_output,
-                                                          partial_lse)
+            _merge_into(output[..., rows, :], lse[..., rows], partial_output, partial_lse)
 
 
 def _backward_step(q_chunks, q_ids, k, v, k_ids, out_chunks, lse_chunks, grad_chunks, dq, dk, dv, causal: bool,

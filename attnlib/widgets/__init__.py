@@ -19,6 +19,7 @@ changes. Display one by making it the last expression of a cell.
   when both shift.
 * ``KVHeadsView`` -- which key/value heads each query head reads (MHA, GQA, MQA, MLA) and the KV-cache bytes of
   published models.
+* ``RingView`` -- ring attention step by step: key/value shards travel around the ranks, each merges its m and l.
 """
 
 from .add_norm_view import AddNormView
@@ -28,9 +29,10 @@ from .feed_forward_memory_view import FeedForwardMemoryView
 from .kv_cache_view import KVCacheView
 from .kv_heads_view import KVHeadsView
 from .model_view import ModelView
+from .ring_view import RingView
 from .roofline_view import RooflineView
 from .rope_view import RopeView
 from .tile_stepper import TileStepper
 
 __all__ = ["AttentionExplorer", "ALL_HEADS", "TileStepper", "ExamGrader", "KVCacheView", "AddNormView",
-           "FeedForwardMemoryView", "ModelView", "RooflineView", "RopeView", "KVHeadsView"]
+           "FeedForwardMemoryView", "ModelView", "RooflineView", "RopeView", "KVHeadsView", "RingView"]
