@@ -51,6 +51,7 @@ def test_rope_view_planes_and_scores_are_apply_rope(interleaved):
     angle_q = np.unwrap(np.arctan2(*np.array(view.q_planes[1])[:, ::-1].T))  # (N,)
     assert np.allclose(np.diff(angle_q), view.frequencies[1], atol=1e-5)
     assert view.d == 12 and view.pairs == [0, 3, 5] and view.interleaved is interleaved
+    assert view.error == "" and view.base == 100.0  # a base given at construction is not a failed live edit
 
 
 def test_rope_view_score_depends_on_the_offset_only():

@@ -94,6 +94,7 @@ class RopeView(Figure):
                  pair: int = 0, query_position: int | None = None, key_position: int | None = None,
                  title: str = "", **kwargs):
         super().__init__(**kwargs)
+        self._ready = False  # setting base below must not recompute before q, k and the pairs are all in place
         q, k = self._vectors(q, k)
         interleaved = _checks.flag("interleaved", interleaved)
         self._q, self._k = q, k
@@ -109,6 +110,7 @@ class RopeView(Figure):
             self.query_position = min(5, n_positions - 1) if query_position is None else query_position
             self.key_position = min(2, n_positions - 1) if key_position is None else key_position
             self.title = str(title)
+        self._ready = True
 
     @staticmethod
     def _vectors(q, k) -> tuple[np.ndarray, np.ndarray]:
@@ -169,4 +171,6 @@ class RopeView(Figure):
         return cls(q, k, **options)
 
     def _recompute(self):
+        if not self._ready:
+            return None
         return self._data(self._q, self._k, self.n_positions, self.base, self.pairs, self.interleaved)
