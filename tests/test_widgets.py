@@ -24,8 +24,10 @@ from attnlib.widgets import (
     ExamGrader,
     FeedForwardMemoryView,
     KVCacheView,
+    KVHeadsView,
     ModelView,
     RooflineView,
+    RopeView,
     TileStepper,
     _base,
 )
@@ -35,7 +37,7 @@ from attnlib.widgets.kv_cache_view import expected_work
 
 ROUNDING = 5e-7  # figures store weights rounded to 6 decimals
 FIGURES = [AttentionExplorer, TileStepper, ExamGrader, KVCacheView, AddNormView, FeedForwardMemoryView, ModelView,
-           RooflineView]
+           RooflineView, RopeView, KVHeadsView]
 
 
 @pytest.mark.parametrize("figure", FIGURES)
