@@ -90,7 +90,8 @@ def _blocks_for(request_positions: int, block_size: int) -> int:
 def serve(model, requests, *, n_blocks: int, block_size: int, namespace):
     """Run ``requests`` through ``model`` with continuous batching over a paged cache; return a ServingTrace.
 
-    ``namespace`` supplies what differs between NumPy and torch: ``as_array``, ``cache_class``, ``device`` (the
+    ``namespace`` supplies what differs between NumPy and torch: ``as_array``, ``cache_class``, ``trace_class``,
+    ``device`` (the
     cache's device argument), ``on_model`` (ids -> on the model's device), ``argmax_last`` (logits -> the next id
     as a 1-element array), ``concatenate`` and ``no_grad`` (a context manager).
     """
@@ -123,7 +124,7 @@ def serve(model, requests, *, n_blocks: int, block_size: int, namespace):
         n_blocks, getattr(attention, "n_kv_heads", attention.n_heads), attention.d_head, block_size=block_size,
         n_layers=model.n_layers, dtype=model.dtype, **namespace.device(model),
     )
-    trace = ServingTrace(tokens=[prompt for prompt, *_ in checked], joined=[-1] * len(checked),
+    trace = namespace.trace_class(tokens=[prompt for prompt, *_ in checked], joined=[-1] * len(checked),
                          finished=[-1] * len(checked))
     # First come, first served: a request never overtakes one that arrived before it, even a smaller one.
     waiting = sorted(range(len(checked)), key=lambda r: (checked[r][2], r))
