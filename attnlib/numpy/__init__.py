@@ -13,6 +13,7 @@ from .flash_attention import (
     flash_step,
 )
 from .kv_cache import KVCache, LayerCache
+from .latent import LatentCache, MultiHeadLatentAttention
 from .layernorm import LayerNorm
 from .model import TransformerLM
 from .multihead import MultiHeadAttention
@@ -44,5 +45,6 @@ __all__ = [
     "apply_rope", "rope_angles", "sinusoidal_positions", "alibi_slopes", "alibi_bias",
     "flash_attention_steps", "FlashTrace", "FlashStep",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
+    "MultiHeadLatentAttention", "LatentCache",
     "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace", "paged_attention",
 ]
