@@ -69,11 +69,13 @@ class _PagedLayer:
     """One layer's view of one sequence in a paged cache, shaped like a contiguous ``LayerCache`` for attention.
 
     The positions were reserved (for every layer) before the model call; ``_append`` writes this layer's keys and
-    values there and returns every position of the sequence, read through its block table.
+    values there and returns every position of the sequence, read through its block table. ``position`` is the
+    absolute position of the call's first new token, as a ``LayerCache`` reports it (RoPE turns by it).
     """
 
     def __init__(self, cache, seq: int, layer: int, start: int):
         self.cache, self.seq, self.layer, self.start = cache, seq, layer, start
+        self.position = start
 
     def _append(self, k, v):
         # k, v: (1, n_kv_heads, n_new, d_head) for the one sequence of this call
