@@ -68,6 +68,24 @@ def activation(value) -> str:
     return value
 
 
+def choice(name: str, value, options) -> str:
+    """One of a few named options (a string), or a clear error listing them."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
+    return value
+
+
+def kv_heads(n_heads: int, n_kv_heads) -> int:
+    """The number of key/value heads: None means n_heads; otherwise a positive divisor of n_heads."""
+    if n_kv_heads is None:
+        return n_heads
+    n_kv_heads = positive_int("n_kv_heads", n_kv_heads)
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_kv_heads must divide n_heads (each key/value head serves a group of n_heads / n_kv_heads "
+                         f"query heads), got n_heads={n_heads} and n_kv_heads={n_kv_heads}")
+    return n_kv_heads
+
+
 def divisible(d_model: int, n_heads: int) -> None:
     if d_model % n_heads:
         raise ValueError(
@@ -433,9 +451,9 @@ def query_groups(q, k, v) -> int:
     shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
     if n_heads % n_kv_heads:
         raise ValueError(
-            f"q has {n_heads} heads and k has {n_kv_heads} (dimension -3): the number of query heads must be a "
-            f"multiple of the number of key/value heads (n_heads % n_kv_heads == 0) for grouped-query attention, "
-            f"got {shapes}"
+            f"batch dimensions of q, k and v do not broadcast, got {shapes}. Read as heads (dimension -3), q has "
+            f"{n_heads} heads and k has {n_kv_heads}: grouped-query attention needs the number of query heads to be "
+            "a multiple of the number of key/value heads (n_heads % n_kv_heads == 0)"
         )
     if v.ndim >= 3 and v.shape[-3] not in (n_kv_heads, 1):
         raise ValueError(f"k and v must have the same number of heads (dimension -3), got {shapes}")

@@ -7,6 +7,12 @@ Updates are all-or-nothing. ``LayerCache.append`` checks the new keys and values
 either; a model checks everything it can before its first layer appends, and if a layer still fails part-way it
 puts every layer back as it was (``KVCache.snapshot``/``restore``), so that the next valid call sees a cache
 that never heard of the failed one.
+
+A *rolling* cache (``window=w``) serves sliding-window attention: a query never sees keys more than w - 1 positions
+back, so each layer keeps only the last w positions and its memory stops growing. Keys and values are stored as
+the layer made them -- RoPE keys already turned at their own position -- so nothing cached depends on where it
+sits in the buffer; ``position`` counts every position ever appended (the absolute position of the next token),
+``length`` the ones still held.
 """
 
 from __future__ import annotations
@@ -15,10 +21,17 @@ from . import _checks
 
 
 class LayerCache:
-    """Keys and values of one attention layer, shaped (..., n_heads, n_cached, d_head), grown along n_cached."""
+    """Keys and values of one attention layer, shaped (..., n_kv_heads, n_cached, d_head), grown along n_cached.
+
+    ``window=None`` keeps every position; ``window=w`` keeps only the last w (a rolling cache).
+    """
 
     @staticmethod
     def _concatenate(old, new):  # overridden per backend
+        raise NotImplementedError
+
+    @staticmethod
+    def _last(x, n: int):  # overridden per backend: a compact copy of the last n positions (dim -2)
         raise NotImplementedError
 
     @staticmethod
@@ -29,13 +42,21 @@ class LayerCache:
     def _as_array(name: str, x):  # overridden per backend: the namespace's own array type
         raise NotImplementedError
 
-    def __init__(self):
+    def __init__(self, *, window: int | None = None):
+        self.window = _checks.window(window, causal=True)
         self.keys = None
         self.values = None
+        self._seen = 0  # positions appended so far, including those a rolling cache has dropped
 
     @property
     def length(self) -> int:
+        """The number of positions held now (at most ``window`` for a rolling cache)."""
         return 0 if self.keys is None else self.keys.shape[-2]
+
+    @property
+    def position(self) -> int:
+        """The number of positions appended so far: the absolute position of the next token."""
+        return self._seen
 
     def check_extends(self, k_shape, v_shape, dtype, device=None) -> None:
         """Raise unless new keys/values of these shapes and dtype can be appended to what is cached."""
@@ -69,13 +90,21 @@ class LayerCache:
         return self._append(k, v)
 
     def _append(self, k, v):
-        """``append`` on arguments that a caller already checked (``check_extends``)."""
+        """``append`` on arguments that a caller already checked (``check_extends``).
+
+        Returns every key and value this call's queries may need: the held ones, then the new ones. A rolling
+        cache then forgets all but the last ``window`` positions (a new array: nothing older stays referenced).
+        """
         if self.keys is None:
-            self.keys, self.values = k, v
+            keys, values = k, v
         else:
-            self.keys = self._concatenate(self.keys, k)
-            self.values = self._concatenate(self.values, v)
-        return self.keys, self.values
+            keys, values = self._concatenate(self.keys, k), self._concatenate(self.values, v)
+        self._seen += k.shape[-2]
+        if self.window is not None and keys.shape[-2] > self.window:
+            self.keys, self.values = self._last(keys, self.window), self._last(values, self.window)
+        else:
+            self.keys, self.values = keys, values
+        return keys, values
 
     @property
     def nbytes(self) -> int:
@@ -83,12 +112,18 @@ class LayerCache:
 
 
 class KVCache:
-    """One layer cache per layer. Pass ``cache[i]`` to layer i; ``cache.length`` positions are cached."""
+    """One layer cache per layer. Pass ``cache[i]`` to layer i; ``cache.length`` positions are held.
+
+    ``window=w`` makes every layer a rolling cache of the last w positions (what a model with a sliding window
+    needs); ``cache.position`` is then the number of positions seen, which can exceed what is held.
+    """
 
     layer_class = LayerCache
 
-    def __init__(self, n_layers: int):
-        self.layers = [self.layer_class() for _ in range(_checks.positive_int("n_layers", n_layers))]
+    def __init__(self, n_layers: int, *, window: int | None = None):
+        n_layers = _checks.positive_int("n_layers", n_layers)
+        self.window = _checks.window(window, causal=True)
+        self.layers = [self.layer_class(window=self.window) for _ in range(n_layers)]
 
     def __getitem__(self, index: int):
         return self.layers[index]
@@ -98,7 +133,13 @@ class KVCache:
 
     @property
     def length(self) -> int:
+        """Positions held now (per layer)."""
         return self.layers[0].length
+
+    @property
+    def position(self) -> int:
+        """Positions seen so far: the absolute position of the next token."""
+        return self.layers[0].position
 
     @property
     def nbytes(self) -> int:
@@ -106,9 +147,9 @@ class KVCache:
 
     def snapshot(self) -> list:
         """What every layer holds now. Appending builds new arrays, so keeping the old references is enough."""
-        return [(layer.keys, layer.values) for layer in self.layers]
+        return [(layer.keys, layer.values, layer._seen) for layer in self.layers]
 
     def restore(self, snapshot: list) -> None:
         """Put every layer back as it was when ``snapshot`` was taken."""
-        for layer, (keys, values) in zip(self.layers, snapshot, strict=True):
-            layer.keys, layer.values = keys, values
+        for layer, (keys, values, seen) in zip(self.layers, snapshot, strict=True):
+            layer.keys, layer.values, layer._seen = keys, values, seen

@@ -142,7 +142,7 @@ class _LargestNewTensor(TorchDispatchMode):
 def test_grouped_path_never_copies_keys_per_query_head(kv_heads):
     # One query per head against many keys: a copy of k or v per query head (repeat_interleave, or an expand that
     # a matmul materialises) is 8 / kv_heads times k; nothing the grouped path allocates is even as large as k.
-    q, k, v = _qkv((1,), 8, kv_heads, 1, 1000, 64, seed=9)
+    q, k, v = _qkv((2,), 8, kv_heads, 1, 1000, 64, seed=9)
     k_bytes = k.numel() * k.element_size()
     # The door's NaN scan reads every element of k (that is its job); measure the computation itself.
     with attnlib.finite_checks_set_to(False), _LargestNewTensor() as recorder:
@@ -200,3 +200,11 @@ BAD = [
 def test_bad_input_is_refused_by_name(description, call, error, message):
     with pytest.raises(error, match=message):
         call()
+
+
+def test_one_key_head_with_per_head_values_still_broadcasts():
+    q, k, v = _qkv((2,), 4, 1, 3, 5, 8, seed=10)
+    v = torch.randn(2, 4, 5, 8, dtype=torch.float64)
+    output, _ = at.attention(q, k, v)
+    torch.testing.assert_close(output, F.scaled_dot_product_attention(q, k.expand(2, 4, 5, 8), v), **DOUBLE)
+    np.testing.assert_allclose(anp.attention(q.numpy(), k.numpy(), v.numpy())[0], output.numpy(), **DOUBLE)

@@ -2,14 +2,17 @@
 size, gradients, parameter counts, and refusals."""
 
 import math
-import sys
-import types
 
 import numpy as np
 import pytest
 import torch
 
+import attnlib.numpy as anp
+import attnlib.torch as at
 from attnlib import _settings, sizes
+
+NumpyLatent, TorchLatent = anp.MultiHeadLatentAttention, at.MultiHeadLatentAttention
+NumpyLatentCache, TorchLatentCache = anp.LatentCache, at.LatentCache
 
 
 def _rope_by_complex_numbers(x, positions, base=10000.0):
@@ -21,35 +24,6 @@ def _rope_by_complex_numbers(x, positions, base=10000.0):
     z = (x[..., :half] + 1j * x[..., half:]) * turn  # (..., n, d/2)
     return np.concatenate([z.real, z.imag], axis=-1)
 
-
-try:  # RoPE of the positions modules; until they exist, the rotation above stands in for them
-    from attnlib.numpy.positions import apply_rope as _numpy_rope  # noqa: F401
-except ImportError:
-    def _stand_in(namespace):
-        module = types.ModuleType(f"attnlib.{namespace}.positions")
-
-        def apply_rope(x, positions, *, base=10000.0, interleaved=False):
-            if namespace == "numpy":
-                return _rope_by_complex_numbers(x, positions, base)
-            return _torch_rope(x, positions, base)
-
-        module.apply_rope = apply_rope
-        return module
-
-    def _torch_rope(x, positions, base):
-        half = x.shape[-1] // 2
-        angles = positions[:, None].to(x.dtype) * base ** (-torch.arange(half, dtype=x.dtype) * 2.0 / x.shape[-1])
-        cos, sin = angles.cos(), angles.sin()
-        first, second = x[..., :half], x[..., half:]
-        return torch.cat([first * cos - second * sin, second * cos + first * sin], dim=-1)
-
-    for _namespace in ("numpy", "torch"):
-        sys.modules[f"attnlib.{_namespace}.positions"] = _stand_in(_namespace)
-
-from attnlib.numpy.latent import LatentCache as NumpyLatentCache  # noqa: E402
-from attnlib.numpy.latent import MultiHeadLatentAttention as NumpyLatent  # noqa: E402
-from attnlib.torch.latent import LatentCache as TorchLatentCache  # noqa: E402
-from attnlib.torch.latent import MultiHeadLatentAttention as TorchLatent  # noqa: E402
 
 SHAPE = {"d_model": 16, "n_heads": 4, "d_latent": 12, "d_rope": 6}  # d_head = 16 / 4 = 4
 WIDE = {"d_model": 16, "n_heads": 3, "d_latent": 10, "d_rope": 4, "d_head": 7}  # d_head not d_model / n_heads
@@ -93,6 +67,28 @@ def test_both_paths_compute_the_papers_equations(shape, absorbed):
     np.testing.assert_array_equal(np.triu(module.last_weights, 1), 0)  # causal: nothing from the future
 
 
+def test_the_folded_weights_compute_the_absorbed_path():
+    # Attention straight against the latents, with W_q W_ukᵀ and W_uv W_o multiplied out beforehand.
+    module = NumpyLatent(**WIDE, seed=11)
+    x = _x(2, 5, 16, seed=12)
+    w_q_latent, w_o_latent = module.absorbed_weights()
+    assert w_q_latent.shape == (3, 16, 10) and w_o_latent.shape == (3, 10, 16)
+    positions = np.arange(5)
+    c_kv = x @ module.w_dkv  # (2, 5, 10)
+    k_rope = _rope_by_complex_numbers(x @ module.w_kr, positions)  # (2, 5, 4)
+    q_rope = _rope_by_complex_numbers((x @ module.w_qr).reshape(2, 5, 3, 4).transpose(0, 2, 1, 3), positions)
+    scores = ((x[:, None] @ w_q_latent) @ c_kv[:, None].transpose(0, 1, 3, 2)
+              + q_rope @ k_rope[:, None].transpose(0, 1, 3, 2)) / math.sqrt(7 + 4)  # (2, 3, 5, 5)
+    scores = np.where(np.tril(np.ones((5, 5), bool)), scores, -np.inf)
+    weights = np.exp(scores - scores.max(-1, keepdims=True))
+    weights /= weights.sum(-1, keepdims=True)
+    expected = ((weights @ c_kv[:, None]) @ w_o_latent).sum(axis=1)  # (2, 5, 16): every head's share, added
+    np.testing.assert_allclose(module(x, absorbed=True), expected, **ROUNDING)
+    np.testing.assert_allclose(module.last_weights, weights, **ROUNDING)
+    for ours, theirs in zip(module.absorbed_weights(), TorchLatent.from_twin(module).absorbed_weights(), strict=True):
+        np.testing.assert_allclose(ours, theirs.detach().numpy(), **ROUNDING)
+
+
 def test_absorbed_equals_materialised_in_prefill_and_in_step_by_step_decoding():
     for namespace in ("numpy", "torch"):
         numpy_module = NumpyLatent(**WIDE, seed=2)
@@ -130,6 +126,21 @@ def test_cached_equals_uncached_in_any_chunks(absorbed):
     np.testing.assert_allclose(cache.k_rope, _rope_by_complex_numbers(x @ module.w_kr, np.arange(9)), **ROUNDING)
     # Positions matter: the same last token without its cached past is computed as position 0 and differs.
     assert not np.allclose(module(x[:, 8:9], absorbed=absorbed), full[:, 8:9])
+
+
+@pytest.mark.parametrize("absorbed", [False, True])
+def test_any_batch_dimensions_compute_each_sequence_alone(absorbed):
+    module = NumpyLatent(**SHAPE, seed=13)
+    x = _x(2, 3, 5, 16, seed=14)  # (2, 3, n, d_model): two batch dimensions
+    together = module(x, absorbed=absorbed)
+    assert together.shape == (2, 3, 5, 16) and module.last_weights.shape == (2, 3, 4, 5, 5)
+    for i in range(2):
+        for j in range(3):
+            alone = module(x[i, j], absorbed=absorbed)  # (n, d_model): no batch dimension at all
+            np.testing.assert_allclose(together[i, j], alone, **ROUNDING)
+    torch_module = TorchLatent.from_twin(module)
+    np.testing.assert_allclose(torch_module(torch.from_numpy(x), absorbed=absorbed).detach().numpy(), together,
+                               **ROUNDING)
 
 
 def test_twins_compute_the_same_numbers_and_convert_both_ways():
@@ -274,3 +285,19 @@ def _filled(module):
     cache = module.new_cache()
     module(_x(1, 2, 16), kv_cache=cache)
     return cache
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_on_a_gpu_both_paths_equal_the_numpy_twin():
+    numpy_module = NumpyLatent(**WIDE, seed=15)
+    module = TorchLatent.from_twin(numpy_module, device="cuda")
+    x = _x(2, 6, 16, seed=16)
+    expected = numpy_module(x)
+    for absorbed in (False, True):
+        cache = module.new_cache()
+        pieces = [module(torch.from_numpy(x[:, start:stop]).cuda(), kv_cache=cache, absorbed=absorbed)
+                  for start, stop in ((0, 4), (4, 5), (5, 6))]
+        np.testing.assert_allclose(torch.cat(pieces, dim=-2).cpu().numpy(), expected, **ROUNDING)
+        assert cache.c_kv.device.type == "cuda" and cache.nbytes == 2 * 6 * (10 + 4) * 8
+    with pytest.raises(ValueError, match="x is on cpu"):
+        module(torch.from_numpy(x))

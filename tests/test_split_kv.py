@@ -4,7 +4,10 @@ The Triton tests run the decode kernel under Triton's CPU interpreter (conftest.
 CUDA device), with few programs per launch: the interpreter runs each program in Python.
 """
 
+import importlib.util
 import itertools
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -329,6 +332,16 @@ def test_triton_kernel_equals_attention_and_the_reference_chunk_states(n_q, caus
 
 
 @requires_triton
+def test_triton_kernel_in_float16_with_key_heads_shared_by_broadcasting():
+    q, k, v = triton_inputs(2, 21, batch=(1, 2))
+    k, v = k[:, :1], v[:, :1]  # (1, 1, 21, 16): both query heads read one key/value head
+    expected = at.attention(q.double(), k.double(), v.double(), causal=True)[0]
+    output = at.split_kv_attention(q.half(), k.half(), v.half(), n_splits=3, causal=True, backend="triton")
+    assert output.dtype == torch.float16 and output.shape == (1, 2, 2, 16)
+    torch.testing.assert_close(output.double(), expected, rtol=0, atol=2e-3)
+
+
+@requires_triton
 def test_triton_kernel_refuses_what_it_cannot_compute(monkeypatch):
     q, k, v = triton_inputs(1, 8)
     with pytest.raises(ValueError, match="at most 64 queries"):
@@ -349,3 +362,40 @@ def test_triton_kernel_refuses_what_it_cannot_compute(monkeypatch):
             at.split_kv_attention(q, k, v, n_splits=2, backend="triton")
         # "auto" never picks the kernel for CPU tensors; it computes with plain torch ops instead.
         assert at.split_kv.split_kv_attention(q, k, v, n_splits=2).shape == q.shape
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The GPU benchmark's helpers and its measuring loop, on a toy CPU shape (timings meaningless, never asserted)
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bench():
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_split_kv_gpu.py"
+    if str(script.parent) not in sys.path:  # as when run as a script: benchmarks/ first, for its helpers
+        sys.path.insert(0, str(script.parent))
+    spec = importlib.util.spec_from_file_location("bench_split_kv_gpu", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_arithmetic(bench):
+    assert bench.cache_bytes(1, 32, 4096, 128, 2) == 2 * 32 * 4096 * 128 * 2  # 64 MiB of float16 k and v
+    assert bench.bandwidth_gb_per_s(2e9, 1000.0) == pytest.approx(2.0)
+    assert bench.split_counts(1, 32, 8192, 132) == [1, 2, 4, 5, 8, 16, 32, 64, 128]  # 5 fills an H100 SXM
+    assert bench.split_counts(1, 2, 5, 132) == [1, 2, 4, 5]  # never more splits than keys
+    assert bench.results_path("NVIDIA H100 80GB HBM3").name == "split_kv_gpu_nvidia_h100_80gb_hbm3.json"
+
+
+@requires_triton
+def test_benchmark_loop_on_a_toy_cpu_shape(bench):
+    if DEVICE != "cpu":
+        pytest.skip("the toy run is for machines without a GPU")
+    rows = bench.measure(torch, cache_lengths=(40,), batch=1, heads=2, d=16, dtype=torch.float32, sms=4,
+                         device="cpu", warmup=0, repeats=1, largest_split=2)
+    assert [row["line"] for row in rows] == ["flash_attention triton", "sdpa", "split-kv triton, n_splits = 1",
+                                             "split-kv triton, n_splits = 2"]
+    measured = rows[1:] if "failed" in rows[0] else rows  # the FlashAttention line is that kernel's concern
+    assert all(row["max_error"] < 1e-5 and row["ms"] > 0 and row["gb_per_s"] > 0 for row in measured)
+    assert [(row["programs"], row["waves"]) for row in rows[2:]] == [(2, 1), (4, 1)]

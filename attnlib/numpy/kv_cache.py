@@ -15,6 +15,10 @@ class LayerCache(_kv_cache.LayerCache):
         return np.concatenate([old, new], axis=-2)  # along the positions axis
 
     @staticmethod
+    def _last(x, n):
+        return x[..., -n:, :].copy()  # a copy, so the dropped positions' memory is freed
+
+    @staticmethod
     def _nbytes(x) -> int:
         return x.nbytes
 

@@ -10,9 +10,10 @@ per position, whatever the number of heads.
 Two ways to compute the same thing:
 
 * *materialised*: rebuild k and v for every head from the cached latents, then attend as usual;
-* *absorbed*: never rebuild them. q·k = (x W_q)(c W_uk)ᵀ = (x W_q W_ukᵀ)·c, so W_uk folds into the query projection,
-  and the output sum_j w_j (c_j W_uv) W_o = (sum_j w_j c_j)(W_uv W_o), so W_uv folds into the output projection.
-  Each head then attends straight against the latent cache, which acts as one key/value head shared by all.
+* *absorbed*: never rebuild them. q·k = (x W_q)(c W_uk)ᵀ = (x W_q W_ukᵀ)·c, so W_uk folds into the query, and the
+  output sum_j w_j (c_j W_uv) W_o = (sum_j w_j c_j)(W_uv W_o), so W_uv folds into the output projection. Each head
+  then attends straight against the latent cache, which acts as one key/value head shared by all, and the two
+  up-projections act on the new queries only, not on every cached position.
 """
 
 from __future__ import annotations
@@ -97,10 +98,13 @@ class MultiHeadLatentAttention(LatentBookkeeping, Module):
         return _doors.run_transaction(kv_cache, lambda: self._forward(x, kv_cache, absorbed))
 
     def absorbed_weights(self):
-        """The folded projections of the absorbed path: (W_q^h W_uk^hᵀ, W_uv^h W_o^h) for every head h.
+        """W_uk folded into the query projection and W_uv into the output projection, for every head h:
+        (W_q^h W_uk^hᵀ, W_uv^h W_o^h), shapes (n_heads, d_model, d_latent) and (n_heads, d_latent, d_model).
 
-        Shapes (n_heads, d_model, d_latent) and (n_heads, d_latent, d_model): a query read straight in latent
-        space, and what a head's weighted sum of latents adds to the output.
+        x (W_q^h W_uk^hᵀ) is head h's query read in latent space, and a head's weighted sum of latents times
+        W_uv^h W_o^h is its share of the output. A server multiplies these out once; the absorbed path applies the
+        two factors to each query instead, the same numbers up to rounding, so the stored weights stay the only
+        copy.
         """
         w_q = self._per_head(self.w_q)  # (H, d_model, d_head)
         w_uk = self._per_head(self.w_uk)  # (H, d_latent, d_head)
@@ -150,10 +154,14 @@ class MultiHeadLatentAttention(LatentBookkeeping, Module):
 
     def _absorbed(self, x, c_kv, k_rope, q_rope, allowed, scale):
         # Attend against the latents themselves: one key/value head of width d_latent (+ d_rope) shared by all heads.
-        w_q_latent, w_o_latent = self.absorbed_weights()  # (H, d_model, d_latent), (H, d_latent, d_model)
-        q_latent = x[..., None, :, :] @ w_q_latent  # (..., H, n, d_latent): each head's query, read in latent space
+        # W_uk moves onto the query and W_uv onto the output side, so they act on the n queries, never on the n_k
+        # cached positions. (absorbed_weights() multiplies them into W_q and W_o, as a server does once.)
+        q_content = self._split_heads(x @ self.w_q)  # (..., H, n, d_head)
+        q_latent = q_content @ np.swapaxes(self._per_head(self.w_uk), -1, -2)  # (..., H, n, d_latent): q·W_ukᵀ
         q = np.concatenate([q_latent, q_rope], axis=-1)  # (..., H, n, d_latent + d_rope)
         k = np.concatenate([c_kv, k_rope], axis=-1)[..., None, :, :]  # (..., 1, n_k, d_latent + d_rope)
         v = c_kv[..., None, :, :]  # (..., 1, n_k, d_latent)
-        heads, self._last_weights = _attention(q, k, v, allowed, scale)  # (..., H, n, d_latent)
-        return (heads @ w_o_latent).sum(axis=-3)  # (..., n, d_model): every head's share of the output, added
+        latents, self._last_weights = _attention(q, k, v, allowed, scale)  # (..., H, n, d_latent): weighted latents
+        heads = latents @ self._per_head(self.w_uv)  # (..., H, n, d_head): what the values would have given
+        heads = np.swapaxes(heads, -2, -3)  # (..., n, H, d_head)
+        return heads.reshape(*heads.shape[:-2], self.n_heads * self.d_head) @ self.w_o  # (..., n, d_model)

@@ -82,7 +82,9 @@ def _attention(q, k, v, allowed, scale: float, bias=None):
     Grouped query heads: the G query heads of one key/value head are stacked as extra query rows,
     (..., H_kv, G * n_q, d), so each product reads k and v once, as they are -- no copy per query head.
     """
-    grouped = _checks.is_grouped(q, k)
+    # Multi-query (one key/value head) is grouped too: broadcasting k over the heads would make matmul copy it.
+    grouped = _checks.is_grouped(q, k) or (q.ndim >= 3 and k.ndim >= 3 and v.ndim >= 3
+                                           and k.shape[-3] == v.shape[-3] == 1 < q.shape[-3])
     if grouped:
         h_kv, n_q = k.shape[-3], q.shape[-2]
         group = q.shape[-3] // h_kv

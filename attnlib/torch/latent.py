@@ -2,8 +2,8 @@
 
 Each position caches one latent ``c_kv = x W_dkv`` (d_latent numbers) and one RoPE key ``k_rope = RoPE(x W_kr)``
 (d_rope numbers) shared by all heads. The *materialised* path rebuilds every head's keys and values from the
-latents; the *absorbed* path folds W_uk into the query projection and W_uv into the output projection and attends
-directly against the latents. Both compute the same function.
+latents; the *absorbed* path folds W_uk into the query and W_uv into the output projection and attends directly
+against the latents. Both compute the same function.
 """
 
 from __future__ import annotations
@@ -95,9 +95,13 @@ class MultiHeadLatentAttention(LatentBookkeeping, Module):
         return _doors.run_transaction(kv_cache, lambda: self._forward(x, kv_cache, absorbed))
 
     def absorbed_weights(self):
-        """The folded projections of the absorbed path: (W_q^h W_uk^hᵀ, W_uv^h W_o^h) for every head h.
+        """W_uk folded into the query projection and W_uv into the output projection, for every head h:
+        (W_q^h W_uk^hᵀ, W_uv^h W_o^h), shapes (n_heads, d_model, d_latent) and (n_heads, d_latent, d_model).
 
-        Shapes (n_heads, d_model, d_latent) and (n_heads, d_latent, d_model).
+        x (W_q^h W_uk^hᵀ) is head h's query read in latent space, and a head's weighted sum of latents times
+        W_uv^h W_o^h is its share of the output. A server multiplies these out once; the absorbed path applies the
+        two factors to each query instead, the same numbers up to rounding, so the stored weights stay the only
+        copy.
         """
         w_q = self._per_head(self.w_q)  # (H, d_model, d_head)
         w_uk = self._per_head(self.w_uk)  # (H, d_latent, d_head)
@@ -142,11 +146,14 @@ class MultiHeadLatentAttention(LatentBookkeeping, Module):
         return concatenated @ self.w_o
 
     def _absorbed(self, x, c_kv, k_rope, q_rope, allowed, scale):
-        w_q_latent, w_o_latent = self.absorbed_weights()  # (H, d_model, d_latent), (H, d_latent, d_model)
-        q_latent = x[..., None, :, :] @ w_q_latent  # (..., H, n, d_latent): each head's query, read in latent space
+        # W_uk moves onto the query and W_uv onto the output side: they act on the n queries, not the n_k positions.
+        q_content = self._split_heads(x @ self.w_q)  # (..., H, n, d_head)
+        q_latent = q_content @ self._per_head(self.w_uk).transpose(-1, -2)  # (..., H, n, d_latent): q·W_ukᵀ
         q = torch.cat([q_latent, q_rope], dim=-1)  # (..., H, n, d_latent + d_rope)
         k = torch.cat([c_kv, k_rope], dim=-1)[..., None, :, :]  # (..., 1, n_k, d_latent + d_rope): shared by all
         v = c_kv[..., None, :, :]  # (..., 1, n_k, d_latent)
-        heads, weights = _attention(q, k, v, allowed, scale)  # (..., H, n, d_latent)
+        latents, weights = _attention(q, k, v, allowed, scale)  # (..., H, n, d_latent): weighted latents
         self._last_weights = weights.detach()
-        return (heads @ w_o_latent).sum(dim=-3)  # (..., n, d_model): every head's share of the output, added
+        heads = latents @ self._per_head(self.w_uv)  # (..., H, n, d_head): what the values would have given
+        concatenated = heads.transpose(-2, -3).reshape(*x.shape[:-1], self.n_heads * self.d_head)  # (..., n, H d_head)
+        return concatenated @ self.w_o  # (..., n, d_model)

@@ -16,26 +16,33 @@ from .multihead import _to
 
 
 class TransformerLM(LanguageModelBookkeeping, Module):
-    """Token + learned position embeddings -> ``n_layers`` independent blocks -> LayerNorm -> logits."""
+    """Token (+ learned position) embeddings -> ``n_layers`` blocks -> LayerNorm -> logits.
+
+    ``positional``, ``n_kv_heads``, ``window`` and the meaning of ``max_len`` as in ``attnlib.numpy.TransformerLM``.
+    """
 
     Config = TransformerLMConfig
 
     def __init__(self, vocab_size: int, d_model: int, n_heads: int, d_ff: int, n_layers: int, max_len: int, *,
                  norm_first: bool = True, activation: str = "gelu", eps: float = 1e-5, causal: bool = True,
-                 bias: bool = True, dtype=None, device=None):
+                 bias: bool = True, n_kv_heads: int | None = None, positional: str = "learned",
+                 window: int | None = None, dtype=None, device=None):
         super().__init__()
         config = self._configure(vocab_size=vocab_size, d_model=d_model, n_heads=n_heads, d_ff=d_ff,
                                  n_layers=n_layers, max_len=max_len, norm_first=norm_first, activation=activation,
-                                 eps=eps, causal=causal, bias=bias)
+                                 eps=eps, causal=causal, bias=bias, n_kv_heads=n_kv_heads, positional=positional,
+                                 window=window)
         factory = {"dtype": floating_dtype(dtype), "device": device}
         self.token_embedding = nn.Parameter(torch.randn(vocab_size, d_model, **factory) * 0.02)
-        self.position_embedding = nn.Parameter(torch.randn(max_len, d_model, **factory) * 0.02)
+        if self.positional == "learned":  # RoPE and ALiBi put position inside attention; "none" has none at all
+            self.position_embedding = nn.Parameter(torch.randn(max_len, d_model, **factory) * 0.02)
         self.blocks = nn.ModuleList(TransformerBlock(**vars(config.block()), **factory) for _ in range(n_layers))
         self.norm = LayerNorm(**vars(config.block().norm()), **factory)
         self.head = nn.Parameter(torch.randn(d_model, vocab_size, **factory) * 0.02)
 
     def new_cache(self) -> KVCache:
-        return KVCache(self.n_layers)
+        """An empty cache for this model: rolling (the last ``window`` positions per layer) if it has a window."""
+        return KVCache(self.n_layers, window=self.window)
 
     def forward(self, ids, *, mask=None, key_mask=None, kv_cache: KVCache | None = None):
         """ids (..., n) integer tokens -> logits (..., n, vocab_size).
@@ -57,7 +64,9 @@ class TransformerLM(LanguageModelBookkeeping, Module):
         return _doors.run_transaction(kv_cache, compute)
 
     def _forward(self, ids, start, causal, mask, key_mask, kv_cache):
-        x = self.token_embedding[ids] + self.position_embedding[start:start + ids.shape[-1]]  # (..., n, d_model)
+        x = self.token_embedding[ids]  # (..., n, d_model)
+        if self.positional == "learned":
+            x = x + self.position_embedding[start:start + ids.shape[-1]]  # rows of the table for these positions
         for index, block in enumerate(self.blocks):
             x = block._forward(x, causal, mask, key_mask, None if kv_cache is None else kv_cache[index])
         return self.norm._forward(x) @ self.head  # (..., n, vocab_size)
