@@ -130,7 +130,8 @@ function plot(parent, model, now) {
   const ridge = svg("text", { x: ridgeX + 4, y: y(Y_RANGE[0]) - 6, "font-size": 11, class: "attnlib-label" }, root);
   ridge.textContent = `ridge ${gpu.ridge_point.toFixed(0)} FLOP/byte`;
   ridge.dataset.role = "ridge";
-  svg("text", { x: x(X_RANGE[1]) - 4, y: y(gpu.peak_flops) - 6, "text-anchor": "end", "font-size": 11,
+  // Below the flat roof, so that a point's label above it stays clear.
+  svg("text", { x: x(X_RANGE[1]) - 4, y: y(gpu.peak_flops) + 14, "text-anchor": "end", "font-size": 11,
     class: "attnlib-label" }, root).textContent = `peak ${(gpu.peak_flops / 1e12).toFixed(1)} TFLOP/s`;
   const slopeAt = X_RANGE[0] * 1.6;
   svg("text", { x: x(slopeAt) + 4, y: y(slopeAt * gpu.hbm_bandwidth) - 8, "font-size": 11,
@@ -262,6 +263,7 @@ function render({ model, el }) {
       measuredNote.textContent = `Hollow markers: measured on ${measured[0].device}, at the model's intensity, ` +
         "at the FLOP rate the kernel reached (FLOPs of the model over the measured time).";
     }
+    html("div", "", facts, "Faint dashed lines: the roofs of the other two GPUs.");
     for (const sentence of model.get("measured_skipped")) html("div", "", facts, sentence);
     html("div", "", facts, `Peaks: ${now.gpu.source}.`).style.color = "#666";
 
