@@ -5,9 +5,6 @@ previous-token head and an induction head; ``load("tiny-encoder")`` -- a bidirec
 masked-token prediction alone, in which a head emerged that sends "it" to the noun it refers to ("the apple
 fell on the ground because it was ripe" -> apple; "... hard" -> ground). Both return ``(model, tokenizer)``:
 an ``attnlib.torch.TransformerLM`` in eval mode on the CPU and a ``WordTokenizer``.
-``load("tiny-lm-rope")`` -- tiny-lm built as Llama-style models are: rotary positions and grouped-query attention
-(4 query heads sharing 2 key/value heads), trained on the same data; its JSON records how both copy at 1x to 16x
-the training length and how many bytes their KV caches take.
 ``attnlib.pretrained.heads`` measures which heads do what; ``info(name)`` gives the numbers recorded at training.
 """
 
@@ -21,7 +18,7 @@ from . import minilm
 from .tokenizer import WordTokenizer
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-NAMES = ("tiny-lm", "tiny-encoder", "tiny-lm-rope")  # trained and shipped by this project
+NAMES = ("tiny-lm", "tiny-encoder")  # trained and shipped by this project
 REAL_MODELS = (minilm.NAME,)  # published weights, read from an installed package
 
 __all__ = ["load", "info", "NAMES", "REAL_MODELS", "WordTokenizer", "checkpoint_paths"]
