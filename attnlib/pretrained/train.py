@@ -454,8 +454,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--output", type=Path, default=CHECKPOINTS, help="folder for the checkpoint files")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (recorded in the JSON; default 2)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     recipe = RECIPES[args.name]
     print(f"training {args.name}: {json.dumps(recipe)}")
