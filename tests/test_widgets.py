@@ -26,6 +26,7 @@ from attnlib.widgets import (
     KVCacheView,
     KVHeadsView,
     ModelView,
+    RingView,
     RooflineView,
     RopeView,
     TileStepper,
@@ -37,7 +38,7 @@ from attnlib.widgets.kv_cache_view import expected_work
 
 ROUNDING = 5e-7  # figures store weights rounded to 6 decimals
 FIGURES = [AttentionExplorer, TileStepper, ExamGrader, KVCacheView, AddNormView, FeedForwardMemoryView, ModelView,
-           RooflineView, RopeView, KVHeadsView]
+           RooflineView, RopeView, KVHeadsView, RingView]
 
 
 @pytest.mark.parametrize("figure", FIGURES)
