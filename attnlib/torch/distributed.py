@@ -308,8 +308,11 @@ def _ring_backward(q, k, v, output, lse, grad_output, causal: bool, layout: str,
 
 
 class _RingAttention(torch.autograd.Function):
+    """The ring as one autograd operation: forward saves the row log-sum-exp, backward runs the ring again."""
+
     @staticmethod
     def forward(ctx, q, k, v, causal, layout, scale, ring):
+        """This rank's output shard; saves q, k, v, the output and lse (..., n_local) for the backward ring."""
         output, lse = _ring_forward(q, k, v, causal, layout, scale, ring)
         ctx.save_for_backward(q, k, v, output, lse)
         ctx.settings = (causal, layout, scale, ring)
@@ -318,6 +321,7 @@ class _RingAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
+        """(dq, dk, dv) of this rank's shard; collective, like the forward pass."""
         q, k, v, output, lse = ctx.saved_tensors
         causal, layout, scale, ring = ctx.settings
         dq, dk, dv = _ring_backward(q, k, v, output, lse, grad_output, causal, layout, scale, ring)
