@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+from . import _checks
+
 
 def count(module, *, matrices_only: bool = False) -> int:
     """Number of scalars in ``module``'s parameters (only 2-D weight matrices if ``matrices_only``)."""
@@ -26,6 +28,20 @@ class BlockBookkeeping:
         }
         counts["total"] = sum(counts.values())
         return counts
+
+    def extend_context(self, max_len: int) -> None:
+        """Raise the declared context length to ``max_len`` positions (a model with a learned table cannot).
+
+        RoPE, ALiBi and position-free models have no parameter tied to a position, so the limit is only a
+        declaration; a learned position table has exactly ``max_len`` rows.
+        """
+        max_len = _checks.positive_int("max_len", max_len)
+        if self.positional == "learned":
+            raise ValueError(f"positional='learned': the position table has {self.max_len} rows, one per position, "
+                             f"and no vector for later positions; it cannot be extended to max_len={max_len}")
+        if max_len < self.max_len:
+            raise ValueError(f"extend_context raises the limit; max_len={max_len} is below the current {self.max_len}")
+        self.max_len = max_len
 
     @property
     def last_weights(self):
@@ -57,6 +73,20 @@ class EncoderBookkeeping(StackBookkeeping):
         counts["total"] = sum(counts.values())
         return counts
 
+    def extend_context(self, max_len: int) -> None:
+        """Raise the declared context length to ``max_len`` positions (a model with a learned table cannot).
+
+        RoPE, ALiBi and position-free models have no parameter tied to a position, so the limit is only a
+        declaration; a learned position table has exactly ``max_len`` rows.
+        """
+        max_len = _checks.positive_int("max_len", max_len)
+        if self.positional == "learned":
+            raise ValueError(f"positional='learned': the position table has {self.max_len} rows, one per position, "
+                             f"and no vector for later positions; it cannot be extended to max_len={max_len}")
+        if max_len < self.max_len:
+            raise ValueError(f"extend_context raises the limit; max_len={max_len} is below the current {self.max_len}")
+        self.max_len = max_len
+
 
 class LanguageModelBookkeeping(StackBookkeeping):
     """For ``TransformerLM``: a parameter count by kind, and every layer's attention weights of the last call."""
@@ -64,11 +94,42 @@ class LanguageModelBookkeeping(StackBookkeeping):
     def parameter_counts(self) -> dict[str, int]:
         per_block = [block.parameter_counts() for block in self.blocks]
         counts = {
-            "embeddings": math.prod(self.token_embedding.shape) + math.prod(self.position_embedding.shape),
+            "embeddings": math.prod(self.token_embedding.shape) + (
+                math.prod(self.position_embedding.shape) if self.positional == "learned" else 0),
             "attention": sum(c["attention"] for c in per_block),
             "feed_forward": sum(c["feed_forward"] for c in per_block),
             "norms": sum(c["norms"] for c in per_block) + count(self.norm),
             "head": math.prod(self.head.shape),
+        }
+        counts["total"] = sum(counts.values())
+        return counts
+
+    def extend_context(self, max_len: int) -> None:
+        """Raise the declared context length to ``max_len`` positions (a model with a learned table cannot).
+
+        RoPE, ALiBi and position-free models have no parameter tied to a position, so the limit is only a
+        declaration; a learned position table has exactly ``max_len`` rows.
+        """
+        max_len = _checks.positive_int("max_len", max_len)
+        if self.positional == "learned":
+            raise ValueError(f"positional='learned': the position table has {self.max_len} rows, one per position, "
+                             f"and no vector for later positions; it cannot be extended to max_len={max_len}")
+        if max_len < self.max_len:
+            raise ValueError(f"extend_context raises the limit; max_len={max_len} is below the current {self.max_len}")
+        self.max_len = max_len
+
+
+class LatentBookkeeping:
+    """For ``MultiHeadLatentAttention``: parameters by role (``attnlib.sizes.latent_attention_parameters``)."""
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters by role: ``queries`` (W_q, W_qr), ``keys_values`` (W_dkv, W_uk, W_uv, W_kr), ``output``
+        (W_o), and their ``total``."""
+        sizes = {name: math.prod(p.shape) for name, p in self.named_parameters()}
+        counts = {
+            "queries": sizes["w_q"] + sizes["w_qr"],
+            "keys_values": sizes["w_dkv"] + sizes["w_uk"] + sizes["w_uv"] + sizes["w_kr"],
+            "output": sizes["w_o"],
         }
         counts["total"] = sum(counts.values())
         return counts

@@ -68,6 +68,24 @@ def activation(value) -> str:
     return value
 
 
+def choice(name: str, value, options) -> str:
+    """One of a few named options (a string), or a clear error listing them."""
+    if not isinstance(value, str) or value not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
+    return value
+
+
+def kv_heads(n_heads: int, n_kv_heads) -> int:
+    """The number of key/value heads: None means n_heads; otherwise a positive divisor of n_heads."""
+    if n_kv_heads is None:
+        return n_heads
+    n_kv_heads = positive_int("n_kv_heads", n_kv_heads)
+    if n_heads % n_kv_heads:
+        raise ValueError(f"n_kv_heads must divide n_heads (each key/value head serves a group of n_heads / n_kv_heads "
+                         f"query heads), got n_heads={n_heads} and n_kv_heads={n_kv_heads}")
+    return n_kv_heads
+
+
 def divisible(d_model: int, n_heads: int) -> None:
     if d_model % n_heads:
         raise ValueError(
@@ -206,8 +224,12 @@ def broadcast_shape(name: str, shape, target, *, what: str) -> None:
         raise ValueError(f"{name} of shape {shape} does not broadcast to {what} of shape {target}")
 
 
-def qkv(q, k, v):
-    """Validate attention inputs shaped (..., n_q, d_k), (..., n_k, d_k), (..., n_k, d_v)."""
+def qkv(q, k, v, *, grouped: bool = False):
+    """Validate attention inputs shaped (..., n_q, d_k), (..., n_k, d_k), (..., n_k, d_v).
+
+    ``grouped=True`` also accepts grouped-query heads (see :func:`heads_of`) where the batch dimensions do not
+    broadcast.
+    """
     for name, x in (("q", q), ("k", k), ("v", v)):
         floating_array(name, x, min_ndim=2)
     same_dtype(q=q, k=k, v=v)
@@ -216,12 +238,107 @@ def qkv(q, k, v):
         raise ValueError(f"q and k must share their last (feature) dimension d_k, got {shapes}")
     if k.shape[-2] != v.shape[-2]:
         raise ValueError(f"k and v must have the same number of positions (dim -2), got {shapes}")
-    try:
-        np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
-    except ValueError:
-        raise ValueError(f"batch dimensions of q, k and v do not broadcast, got {shapes}") from None
+    if grouped:
+        heads_of(q, k, v)
+    else:
+        try:
+            np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2]))
+        except ValueError:
+            raise ValueError(f"batch dimensions of q, k and v do not broadcast, got {shapes}") from None
     if _is_torch(q):
         same_device(q=q, k=k, v=v)
+
+
+def heads_of(q, k, v) -> tuple:
+    """The batch shape (..., H) of the attention weights for q (..., H, n_q, d) and k, v (..., H_kv, n_k, d).
+
+    Plain broadcasting when the head axes (dim -3) broadcast; grouped-query attention when H is a multiple of
+    H_kv (query head h reads key/value head h // (H // H_kv)). Anything else is refused naming q, k and v.
+    """
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if not is_grouped(q, k):
+        try:
+            return tuple(np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2])))
+        except ValueError:
+            pass
+    if q.ndim < 3 or k.ndim < 3 or v.ndim < 3 or k.shape[-3] != v.shape[-3] or q.shape[-3] % k.shape[-3]:
+        raise ValueError(
+            "batch dimensions of q, k and v do not broadcast, and the head axis (dim -3) is not grouped-query "
+            "attention either (the number of query heads must be a multiple of the number of key/value heads, "
+            f"and k and v must have the same heads), got {shapes}"
+        )
+    try:
+        batch = np.broadcast_shapes(tuple(q.shape[:-3]), tuple(k.shape[:-3]), tuple(v.shape[:-3]))
+    except ValueError:
+        raise ValueError(f"batch dimensions of q, k and v (before the head axis) do not broadcast, got {shapes}") \
+            from None
+    return tuple(batch) + (q.shape[-3],)
+
+
+def is_grouped(q, k) -> bool:
+    """True when q's heads (dim -3) share k's heads in groups: H_q a multiple of H_kv > 1, and H_q != H_kv."""
+    if q.ndim < 3 or k.ndim < 3:
+        return False
+    h, h_kv = q.shape[-3], k.shape[-3]
+    return h_kv not in (1, h) and h % h_kv == 0
+
+
+def window(value, causal: bool):
+    """A sliding window: None, or a positive number of most recent keys; it needs ``causal=True``."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"window must be None or a positive integer (the number of most recent keys a query sees), "
+                        f"got {value!r} of type {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"window must be a positive integer (a query always sees itself), got {value}")
+    if not causal:
+        raise ValueError(f"window={value} needs causal=True: a sliding window keeps each query's {value} most recent "
+                         "keys, itself included, and a bidirectional query has no 'most recent'")
+    return int(value)
+
+
+def bias(b, target, dtype, *, device=None):
+    """An additive bias on the scaled scores: floating, finite, of the inputs' dtype, broadcastable to ``target``.
+
+    Keys are hidden with boolean masks, never with -inf in the bias: -inf would make a hidden row's softmax 0/0.
+    """
+    if not hasattr(b, "shape") or not hasattr(b, "dtype"):
+        raise TypeError(f"bias must be a floating-point array or tensor, got {type(b).__name__}")
+    if not _is_floating(b):
+        raise TypeError(f"bias must have a floating-point dtype, got {b.dtype} (shape {tuple(b.shape)})")
+    if b.dtype != dtype:
+        raise TypeError(f"bias has dtype {b.dtype} but q, k and v are {dtype} (shape {tuple(b.shape)}): convert it")
+    broadcast_shape("bias", b.shape, target, what="the attention scores (..., n_q, n_k)")
+    if _settings.finite_checks() and not _all_finite(b):
+        raise ValueError(f"bias contains NaN or infinity (shape {tuple(b.shape)}); it must be finite: hide keys with "
+                         "a boolean mask (mask=, key_mask=, causal=, window=), not with -inf")
+    if device is not None and b.device != device:
+        raise ValueError(f"bias is on {b.device} but q is on {device}")
+    return b
+
+
+def even_features(name: str, x) -> int:
+    """The feature size d of x (..., d) for rotary embeddings, which turn pairs of features: d must be even."""
+    d = x.shape[-1]
+    if d % 2:
+        raise ValueError(f"{name} must have an even last dimension (rotary embeddings turn pairs of features), "
+                         f"got shape {tuple(x.shape)}")
+    return d
+
+
+def positions(name: str, p, n: int | None = None) -> None:
+    """Absolute positions: a 1-D integer array of non-negative whole numbers (n of them, one per row of x)."""
+    if not hasattr(p, "shape") or not hasattr(p, "dtype"):
+        raise TypeError(f"{name} must be an integer array or tensor, got {type(p).__name__}")
+    dtype = str(p.dtype)
+    if "int" not in dtype:
+        raise TypeError(f"{name} must hold integer positions (e.g. arange(n)), got dtype {p.dtype}")
+    if p.ndim != 1 or (n is not None and p.shape[0] != n):
+        expected = "(n,)" if n is None else f"({n},), one position per row of x,"
+        raise ValueError(f"{name} must have shape {expected} got shape {tuple(p.shape)}")
+    if p.shape[0] and int(p.min()) < 0:
+        raise ValueError(f"{name} must be non-negative, got a minimum of {int(p.min())}")
 
 
 def causal_fits(causal: bool, n_q: int, n_k: int, shapes: str) -> bool:
@@ -299,3 +416,45 @@ def scores_underflowed(dtype, n_rows: int) -> OverflowError:
         f"{n_rows} query row(s) have every visible score at -inf in {dtype} (overflow of q·kᵀ·scale), though no "
         f"mask hides all their keys; {OVERFLOW_HINT}"
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sliding windows and grouped key/value heads (flash_attention and its kernel)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def window_fits(window, causal: bool) -> int | None:
+    """None, or a positive int with ``causal`` on: each query sees its ``window`` most recent keys, itself included."""
+    if window is None:
+        return None
+    window = positive_int("window", window)
+    if not causal:
+        raise ValueError(
+            f"window={window} needs causal=True: a sliding window keeps the {window} most recent keys up to each "
+            "query's own position, which only causal attention defines"
+        )
+    return window
+
+
+def query_groups(q, k, v) -> int:
+    """How many query heads share one key/value head: 1, or G > 1 for grouped-query attention.
+
+    Heads are dimension -3 of q (..., n_heads, n_q, d_k) and k, v (..., n_kv_heads, n_k, d). When the two counts
+    differ and neither is 1 (1 is ordinary broadcasting), n_heads must be a multiple of n_kv_heads: query head h
+    then uses key/value head h // G with G = n_heads // n_kv_heads, as in grouped-query attention.
+    """
+    if q.ndim < 3 or k.ndim < 3:
+        return 1
+    n_heads, n_kv_heads = q.shape[-3], k.shape[-3]
+    if n_heads == n_kv_heads or 1 in (n_heads, n_kv_heads):
+        return 1
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if n_heads % n_kv_heads:
+        raise ValueError(
+            f"batch dimensions of q, k and v do not broadcast, got {shapes}. Read as heads (dimension -3), q has "
+            f"{n_heads} heads and k has {n_kv_heads}: grouped-query attention needs the number of query heads to be "
+            "a multiple of the number of key/value heads (n_heads % n_kv_heads == 0)"
+        )
+    if v.ndim >= 3 and v.shape[-3] not in (n_kv_heads, 1):
+        raise ValueError(f"k and v must have the same number of heads (dimension -3), got {shapes}")
+    return n_heads // n_kv_heads

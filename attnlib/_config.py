@@ -12,18 +12,36 @@ import dataclasses
 
 from . import _checks
 
+POSITIONAL_IN_ATTENTION = ("none", "rope", "alibi")
+POSITIONAL_IN_MODEL = ("learned",) + POSITIONAL_IN_ATTENTION
+
 
 @dataclasses.dataclass(frozen=True)
 class MultiHeadAttentionConfig:
+    """``n_kv_heads``: None = n_heads (multi-head), 1 = multi-query, a divisor of n_heads = grouped-query attention.
+    ``positional``: "none", "rope" (q and k rotated at their positions) or "alibi" (a distance bias per head).
+    ``window``: None, or the number of most recent keys a query sees in causal calls (sliding window).
+    """
+
     d_model: int
     n_heads: int
     bias: bool = True
+    n_kv_heads: int | None = None
+    positional: str = "none"
+    window: int | None = None
 
     def __post_init__(self):
         _set(self, "d_model", _checks.positive_int("d_model", self.d_model))
         _set(self, "n_heads", _checks.positive_int("n_heads", self.n_heads))
         _checks.divisible(self.d_model, self.n_heads)
         _set(self, "bias", _checks.flag("bias", self.bias))
+        _set(self, "n_kv_heads", _checks.kv_heads(self.n_heads, self.n_kv_heads))
+        _set(self, "positional", _checks.choice("positional", self.positional, POSITIONAL_IN_ATTENTION))
+        if self.positional == "rope" and (self.d_model // self.n_heads) % 2:
+            raise ValueError("positional='rope' turns pairs of features, so d_head = d_model / n_heads must be even, "
+                             f"got d_model={self.d_model}, n_heads={self.n_heads}, "
+                             f"d_head={self.d_model // self.n_heads}")
+        _set(self, "window", _checks.window(self.window, causal=True))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,16 +79,22 @@ class TransformerBlockConfig:
     activation: str = "relu"
     eps: float = 1e-5
     bias: bool = True
+    n_kv_heads: int | None = None
+    positional: str = "none"
+    window: int | None = None
 
     def __post_init__(self):
-        MultiHeadAttentionConfig(self.d_model, self.n_heads, self.bias)
+        attention = self.attention()
         FeedForwardConfig(self.d_model, self.d_ff, self.activation, self.bias)
         LayerNormConfig(self.d_model, self.eps, self.bias)
         _set(self, "eps", float(self.eps))
         _set(self, "norm_first", _checks.flag("norm_first", self.norm_first))
+        for name in ("n_kv_heads", "positional", "window"):
+            _set(self, name, getattr(attention, name))
 
     def attention(self) -> MultiHeadAttentionConfig:
-        return MultiHeadAttentionConfig(self.d_model, self.n_heads, self.bias)
+        return MultiHeadAttentionConfig(self.d_model, self.n_heads, self.bias, n_kv_heads=self.n_kv_heads,
+                                        positional=self.positional, window=self.window)
 
     def feed_forward(self) -> FeedForwardConfig:
         return FeedForwardConfig(self.d_model, self.d_ff, self.activation, self.bias)
@@ -83,8 +107,12 @@ class _Stack:
     """The configuration of the blocks of a stack (``TransformerLMConfig``, ``TransformerEncoderConfig``)."""
 
     def block(self) -> TransformerBlockConfig:
-        return TransformerBlockConfig(self.d_model, self.n_heads, self.d_ff, self.norm_first, self.activation,
-                                      self.eps, self.bias)
+        positional = getattr(self, "positional", "learned")
+        return TransformerBlockConfig(
+            self.d_model, self.n_heads, self.d_ff, self.norm_first, self.activation, self.eps, self.bias,
+            n_kv_heads=getattr(self, "n_kv_heads", None), window=getattr(self, "window", None),
+            positional="none" if positional == "learned" else positional,  # a learned table is added before block 1
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,10 +128,19 @@ class TransformerLMConfig:
     eps: float = 1e-5
     causal: bool = True
     bias: bool = True
+    n_kv_heads: int | None = None
+    positional: str = "learned"
+    window: int | None = None
 
     def __post_init__(self):
+        _set(self, "positional", _checks.choice("positional", self.positional, POSITIONAL_IN_MODEL))
         _check_stack(self)
         _set(self, "causal", _checks.flag("causal", self.causal))
+        block = self.block()
+        _set(self, "n_kv_heads", block.n_kv_heads)
+        if self.window is not None and not self.causal:
+            raise ValueError(f"window={self.window} needs causal=True: a sliding window keeps each query's most "
+                             "recent keys, and a bidirectional model has no 'most recent'")
 
     block = _Stack.block
 
@@ -158,3 +195,29 @@ class Configured:
     def config(self) -> dict:
         """The constructor arguments that rebuild this architecture (in either namespace), as a plain dict."""
         return {field.name: getattr(self, field.name) for field in dataclasses.fields(self.Config)}
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiHeadLatentAttentionConfig:
+    """Multi-head latent attention (DeepSeek-V2): ``d_latent`` is the cached latent's width (the paper's d_c),
+    ``d_rope`` the width of the decoupled RoPE query and key (d_h^R, even: RoPE turns pairs of numbers), ``d_head``
+    the width of each head's content query, key and value (d_h; by default d_model / n_heads), ``rope_base`` RoPE's
+    base (10000 as in RoFormer)."""
+
+    d_model: int
+    n_heads: int
+    d_latent: int
+    d_rope: int
+    d_head: int | None = None
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        for name in ("d_model", "n_heads", "d_latent", "d_rope"):
+            _set(self, name, _checks.positive_int(name, getattr(self, name)))
+        if self.d_rope % 2:
+            raise ValueError(f"d_rope must be even (RoPE rotates pairs of numbers), got d_rope={self.d_rope}")
+        if self.d_head is None:
+            _checks.divisible(self.d_model, self.n_heads)
+            _set(self, "d_head", self.d_model // self.n_heads)
+        _set(self, "d_head", _checks.positive_int("d_head", self.d_head))
+        _set(self, "rope_base", _checks.positive_float("rope_base", self.rope_base))

@@ -23,9 +23,11 @@ class TransformerBlock(BlockBookkeeping, FromTorch, Module):
     Config = TransformerBlockConfig
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, *, norm_first: bool = False,
-                 activation: str = "relu", eps: float = 1e-5, bias: bool = True, seed=None, dtype=np.float64):
+                 activation: str = "relu", eps: float = 1e-5, bias: bool = True, n_kv_heads: int | None = None,
+                 positional: str = "none", window: int | None = None, seed=None, dtype=np.float64):
         config = self._configure(d_model=d_model, n_heads=n_heads, d_ff=d_ff, norm_first=norm_first,
-                                 activation=activation, eps=eps, bias=bias)
+                                 activation=activation, eps=eps, bias=bias, n_kv_heads=n_kv_heads,
+                                 positional=positional, window=window)
         dtype, rng = floating_dtype(dtype), make_rng(seed)
         self.attention = MultiHeadAttention(**vars(config.attention()), seed=rng, dtype=dtype)
         self.feed_forward = FeedForward(**vars(config.feed_forward()), seed=rng, dtype=dtype)
@@ -35,14 +37,15 @@ class TransformerBlock(BlockBookkeeping, FromTorch, Module):
     def __call__(self, x, *, causal=False, mask=None, key_mask=None, kv_cache: LayerCache | None = None):
         """x (..., n, d_model) -> (..., n, d_model): attention, then the feed-forward network, each with Add & Norm.
 
-        ``causal``, ``mask``, ``key_mask`` and ``kv_cache`` mean what they mean for ``MultiHeadAttention``;
+        ``causal``, ``mask``, ``key_mask`` and ``kv_cache`` mean what they mean for ``MultiHeadAttention`` (as do
+        the constructor's ``n_kv_heads``, ``positional`` and ``window``);
         ``last_weights`` afterwards holds the attention weights (..., n_heads, n, n_k).
         """
         x = _checks.module_input("x", _checks.numpy_array("x", x), width=self.d_model, dtype=self.dtype, min_ndim=2)
         causal, mask, key_mask = _doors.attention_call(
             x.shape, n_heads=self.n_heads, d_head=self.attention.d_head, dtype=self.dtype, device=None,
             causal=causal, mask=mask, key_mask=key_mask, kv_cache=kv_cache, as_array=_checks.numpy_array,
-            layer_cache_class=LayerCache, kv_cache_class=KVCache,
+            layer_cache_class=LayerCache, kv_cache_class=KVCache, n_kv_heads=self.n_kv_heads, window=self.window,
         )
         return self._forward(x, causal, mask, key_mask, kv_cache)
 

@@ -23,10 +23,12 @@ class TransformerBlock(BlockBookkeeping, Module):
     Config = TransformerBlockConfig
 
     def __init__(self, d_model: int, n_heads: int, d_ff: int, *, norm_first: bool = False,
-                 activation: str = "relu", eps: float = 1e-5, bias: bool = True, dtype=None, device=None):
+                 activation: str = "relu", eps: float = 1e-5, bias: bool = True, n_kv_heads: int | None = None,
+                 positional: str = "none", window: int | None = None, dtype=None, device=None):
         super().__init__()
         config = self._configure(d_model=d_model, n_heads=n_heads, d_ff=d_ff, norm_first=norm_first,
-                                 activation=activation, eps=eps, bias=bias)
+                                 activation=activation, eps=eps, bias=bias, n_kv_heads=n_kv_heads,
+                                 positional=positional, window=window)
         factory = {"dtype": floating_dtype(dtype), "device": device}
         self.attention = MultiHeadAttention(**vars(config.attention()), **factory)
         self.feed_forward = FeedForward(**vars(config.feed_forward()), **factory)
@@ -59,7 +61,8 @@ class TransformerBlock(BlockBookkeeping, Module):
     def forward(self, x, *, causal=False, mask=None, key_mask=None, kv_cache: LayerCache | None = None):
         """x (..., n, d_model) -> (..., n, d_model): attention, then the feed-forward network, each with Add & Norm.
 
-        ``causal``, ``mask``, ``key_mask`` and ``kv_cache`` mean what they mean for ``MultiHeadAttention``;
+        ``causal``, ``mask``, ``key_mask`` and ``kv_cache`` mean what they mean for ``MultiHeadAttention`` (as do
+        the constructor's ``n_kv_heads``, ``positional`` and ``window``);
         ``last_weights`` afterwards holds the attention weights (..., n_heads, n, n_k).
         """
         _checks.module_input("x", _checks.torch_tensor("x", x), width=self.d_model, dtype=self.dtype,
@@ -67,7 +70,7 @@ class TransformerBlock(BlockBookkeeping, Module):
         causal, mask, key_mask = _doors.attention_call(
             x.shape, n_heads=self.n_heads, d_head=self.attention.d_head, dtype=self.dtype, device=self.device,
             causal=causal, mask=mask, key_mask=key_mask, kv_cache=kv_cache, as_array=_checks.torch_tensor,
-            layer_cache_class=LayerCache, kv_cache_class=KVCache,
+            layer_cache_class=LayerCache, kv_cache_class=KVCache, n_kv_heads=self.n_kv_heads, window=self.window,
         )
         return self._forward(x, causal, _to(mask, x.device), _to(key_mask, x.device), kv_cache)
 
