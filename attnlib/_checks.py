@@ -451,9 +451,9 @@ def query_groups(q, k, v) -> int:
     shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
     if n_heads % n_kv_heads:
         raise ValueError(
-            f"q has {n_heads} heads and k has {n_kv_heads} (dimension -3): the number of query heads must be a "
-            f"multiple of the number of key/value heads (n_heads % n_kv_heads == 0) for grouped-query attention, "
-            f"got {shapes}"
+            f"batch dimensions of q, k and v do not broadcast, got {shapes}. Read as heads (dimension -3), q has "
+            f"{n_heads} heads and k has {n_kv_heads}: grouped-query attention needs the number of query heads to be "
+            "a multiple of the number of key/value heads (n_heads % n_kv_heads == 0)"
         )
     if v.ndim >= 3 and v.shape[-3] not in (n_kv_heads, 1):
         raise ValueError(f"k and v must have the same number of heads (dimension -3), got {shapes}")

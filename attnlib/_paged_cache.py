@@ -26,7 +26,11 @@ from . import _checks
 
 
 class OutOfBlocksError(MemoryError):
-    """The pool has too few free blocks for what was asked; nothing was allocated or written."""
+    """The pool has too few free blocks for what was asked; nothing was allocated or written.
+
+    Each namespace raises its own subclass (``attnlib.numpy.OutOfBlocksError``, ``attnlib.torch.OutOfBlocksError``);
+    catching this base class catches both.
+    """
 
 
 class PagedKVCache:
@@ -38,12 +42,14 @@ class PagedKVCache:
     """
 
     # Overridden per namespace.
+    out_of_blocks = OutOfBlocksError  # the error a full pool raises
+
     @staticmethod
     def _zeros(shape, dtype, device):
         raise NotImplementedError
 
     @staticmethod
-    def _concatenate(arrays):  # along the positions axis, -2
+    def _take(pools, blocks: list[int]):  # pools (..., n_blocks, H, block_size, d) -> the listed blocks, in order
         raise NotImplementedError
 
     @staticmethod
@@ -94,6 +100,7 @@ class PagedKVCache:
 
     @property
     def n_free_blocks(self) -> int:
+        """Blocks on the free list, ready for any sequence."""
         return len(self._free)
 
     @property
@@ -186,7 +193,7 @@ class PagedKVCache:
         """
         needed = self.blocks_needed(seq, n_new)
         if needed > len(self._free):
-            raise OutOfBlocksError(
+            raise self.out_of_blocks(
                 f"sequence {seq} needs {needed} more block(s) of {self.block_size} positions to store {n_new} new "
                 f"position(s) after its {self._lengths[seq]}, but only {len(self._free)} of {self.n_blocks} blocks "
                 "are free: free a finished sequence or make the pool larger (nothing was changed)"
@@ -214,14 +221,20 @@ class PagedKVCache:
             written += count
 
     def _gather(self, seq: int, layers):
-        """Keys and values of ``seq`` from the pools of ``layers``: (..., n_kv_heads, length, d_head)."""
+        """Keys and values of ``seq`` from the pools of ``layers``: (..., n_kv_heads, length, d_head).
+
+        One indexed read per pool picks the sequence's blocks, in block-table order, wherever they lie.
+        """
         table, length = self._tables[seq], self._lengths[seq]
-        if not table:  # nothing stored yet: an empty positions axis
-            empty = self.key_pool[layers, 0, :, :0, :]
-            return empty, empty
-        keys = self._concatenate([self.key_pool[layers, block] for block in table])  # (..., H, blocks·size, d)
-        values = self._concatenate([self.value_pool[layers, block] for block in table])
-        return keys[..., :length, :], values[..., :length, :]  # the last block may be partly empty
+        return self._read_blocks(self.key_pool, layers, table, length), self._read_blocks(
+            self.value_pool, layers, table, length)
+
+    def _read_blocks(self, pool, layers, table, length):
+        blocks = self._take(pool[layers], table)  # (..., blocks, H, block_size, d): in table order
+        blocks = blocks.swapaxes(-4, -3)  # (..., H, blocks, block_size, d)
+        shape = tuple(blocks.shape)
+        positions = blocks.reshape(shape[:-3] + (shape[-3] * shape[-2], shape[-1]))  # (..., H, blocks·size, d)
+        return positions[..., :length, :]  # the last block may be partly empty
 
     def snapshot(self):
         """The bookkeeping (block tables, lengths, free list) as it is now; ``restore`` puts it back.
@@ -238,3 +251,32 @@ class PagedKVCache:
         tables, lengths, free, next_id = snapshot
         self._tables = {seq: list(table) for seq, table in tables.items()}
         self._lengths, self._free, self._next_id = dict(lengths), list(free), next_id
+
+
+def attention_call(q, cache, seqs, layer, n_splits, scale, *, as_array, cache_class):
+    """Check a ``paged_attention`` call (both twins); return q, the sequence ids, layer, n_splits and the scale."""
+    if not isinstance(cache, cache_class):
+        raise TypeError(f"cache must be a {cache_class.__module__}.PagedKVCache, got {type(cache).__name__}")
+    if isinstance(seqs, (int, str)) or not hasattr(seqs, "__len__") or len(seqs) == 0:
+        raise TypeError(f"seqs must be a non-empty list of sequence ids of the cache, got {seqs!r}")
+    lengths = [cache.length(seq) for seq in seqs]  # raises KeyError, by id, for an unknown sequence
+    layer = _checks.non_negative_int("layer", layer)
+    if layer >= cache.n_layers:
+        raise ValueError(f"layer must be below n_layers = {cache.n_layers} of the cache, got {layer}")
+    n_splits = _checks.positive_int("n_splits", n_splits)
+    q = _checks.floating_array("q", as_array("q", q), min_ndim=4)
+    expected = (len(seqs), cache.n_kv_heads)
+    if q.ndim != 4 or tuple(q.shape[:2]) != expected or q.shape[-1] != cache.d_head:
+        raise ValueError(f"q must have shape (len(seqs), n_kv_heads, n_q, d_head) = ({len(seqs)}, "
+                         f"{cache.n_kv_heads}, n_q, {cache.d_head}), got {tuple(q.shape)}")
+    if q.dtype != cache.dtype:
+        raise TypeError(f"q has dtype {q.dtype} but the cache holds {cache.dtype}: convert it first")
+    if getattr(cache, "device", None) is not None and q.device != cache.device:
+        raise ValueError(f"q is on {q.device} but the cache is on {cache.device}")
+    n_q = q.shape[-2]
+    short = {seq: length for seq, length in zip(seqs, lengths, strict=True) if length < n_q}
+    if short:
+        raise ValueError(f"the {n_q} queries of a sequence are its last {n_q} cached positions, but these sequences "
+                         f"hold fewer: {short} (sequence: length)")
+    scale = _checks.scale(scale)
+    return q, list(seqs), layer, n_splits, 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)

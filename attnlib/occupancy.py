@@ -85,14 +85,17 @@ class DecodeLaunch:
 
     @property
     def waves(self) -> int:
+        """Rounds of one program per SM the grid needs."""
         return math.ceil(self.programs / self.sms)
 
     @property
     def idle_sms(self) -> int:
+        """SMs that get no program in the first round (0 once the grid covers the GPU)."""
         return max(self.sms - self.programs, 0)
 
     @property
     def sm_utilisation(self) -> float:
+        """programs / (waves · sms): the share of SM-rounds that do work."""
         return self.programs / (self.waves * self.sms)
 
 

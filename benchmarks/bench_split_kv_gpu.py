@@ -90,7 +90,10 @@ def lines(batch: int, heads: int, n_k: int, sms: int, largest_split: int):
 
 
 def measure(torch, *, cache_lengths, batch, heads, d, dtype, sms, device, warmup, repeats, largest_split=128):
-    """One row per (n_k, line): median milliseconds, achieved GB/s and, for split-KV, the programs launched."""
+    """One row per (n_k, line): median milliseconds, achieved GB/s and, for split-KV, the programs launched.
+
+    A line that raises gets a row with ``failed`` (the exception) instead, and the run goes on.
+    """
     import torch.nn.functional as F
 
     from attnlib import occupancy
@@ -104,9 +107,14 @@ def measure(torch, *, cache_lengths, batch, heads, d, dtype, sms, device, warmup
         n_bytes = cache_bytes(batch, heads, n_k, d, k.element_size())
         reference = F.scaled_dot_product_attention(q.float(), k.float(), v.float())
         for name, function, n_splits in lines(batch, heads, n_k, sms, largest_split):
-            with torch.no_grad():
-                error = (function(q, k, v).float() - reference).abs().max().item()  # the line computes attention
-                milliseconds = time_ms(torch, functools.partial(function, q, k, v), warmup, repeats, device)
+            try:
+                with torch.no_grad():
+                    error = (function(q, k, v).float() - reference).abs().max().item()  # it computes attention
+                    milliseconds = time_ms(torch, functools.partial(function, q, k, v), warmup, repeats, device)
+            except Exception as failure:  # noqa: BLE001 - one line that cannot run must not lose the others
+                rows.append({"n_k": n_k, "line": name, "failed": f"{type(failure).__name__}: {failure}"})
+                print(f"n_k={n_k:6d}  {name:38s} failed: {rows[-1]['failed']}", flush=True)
+                continue
             row = {"n_k": n_k, "line": name, "ms": milliseconds,
                    "gb_per_s": bandwidth_gb_per_s(n_bytes, milliseconds), "max_error": error}
             if n_splits is not None:

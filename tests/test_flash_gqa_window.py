@@ -35,7 +35,7 @@ def banded_mask(n_q, n_k, window):
 def sdpa(q, k, v, grad_output, causal, window, scale=None):
     """SDPA's output and (dq, dk, dv) for this loss; dk and dv come out with k's and v's own (grouped) shapes."""
     q, k, v = (x.detach().clone().requires_grad_() for x in (q, k, v))
-    mask = banded_mask(q.shape[-2], k.shape[-2], window) if causal else None
+    mask = banded_mask(q.shape[-2], k.shape[-2], window).to(q.device) if causal else None
     grouped = q.ndim >= 3 and q.shape[-3] != k.shape[-3]
     output = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, enable_gqa=grouped)
     output.backward(grad_output)
@@ -259,8 +259,8 @@ CALLS = {
     ((6, 6), {"window": 4}, ValueError, r"window=4 needs causal=True"),
     ((6, 6), {"causal": True, "window": 0}, ValueError, r"window must be a positive integer, got 0"),
     ((6, 6), {"causal": True, "window": 2.0}, TypeError, r"window must be a positive integer"),
-    ((6, 4), {}, ValueError, r"q has 6 heads and k has 4 .*multiple of the number of key/value heads"),
-    ((2, 4), {"causal": True}, ValueError, r"q has 2 heads and k has 4"),
+    ((6, 4), {}, ValueError, r"q has 6 heads and k has 4: .*multiple of the number of key/value heads"),
+    ((2, 4), {"causal": True}, ValueError, r"q \(1, 2, 8, 16\), k \(1, 4, 8, 16\).*q has 2 heads and k has 4"),
 ])
 def test_bad_windows_and_head_counts_are_refused(call, inputs, options, error, words):
     if call == "triton" and not flash_triton.available():
@@ -281,3 +281,35 @@ def test_k_and_v_must_have_the_same_heads_and_backward_checks_the_grouped_shapes
     with pytest.raises(ValueError, match=r"lse must have shape \(1, 4, 8\)"):
         anp.flash_attention_backward(q.numpy(), k.numpy(), v.numpy(), output.numpy(), lse[:, :2].numpy(),
                                      output.numpy())
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Compiled kernels on a CUDA device
+# ---------------------------------------------------------------------------------------------------------------
+
+GPU_CASES = [  # (batch, n_heads, n_kv_heads, n, d, window)
+    (2, 8, 2, 1000, 64, None),
+    (1, 8, 1, 2048, 128, 256),
+    (1, 4, 4, 4097, 64, 1000),
+    (2, 16, 4, 1024, 128, 100),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: compiled-kernel tests need a GPU")
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["float16", "bfloat16"])
+@pytest.mark.parametrize(("batch", "n_heads", "n_kv_heads", "n", "d", "window"), GPU_CASES)
+def test_gpu_within_twice_sdpa_error(batch, n_heads, n_kv_heads, n, d, window, dtype, monkeypatch):
+    assert not flash_triton.interpreted(), "with CUDA present the kernels must be compiled, not interpreted"
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)  # a float32 reference without TF32
+    generator = torch.Generator(device="cuda").manual_seed(n + d)
+    q, grad_output = (torch.randn(batch, n_heads, n, d, generator=generator, device="cuda").to(dtype)
+                      for _ in range(2))
+    k, v = (torch.randn(batch, n_kv_heads, n, d, generator=generator, device="cuda").to(dtype) for _ in range(2))
+    ours, _ = kernel_with_grads(q, k, v, grad_output, window, None, None, d**-0.5)
+    with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH):
+        exact = sdpa(*(x.float() for x in (q, k, v, grad_output)), True, window)
+    pytorch_low = sdpa(q, k, v, grad_output, True, window)
+    for name, mine, theirs, reference in zip(("output", "dq", "dk", "dv"), ours, pytorch_low, exact, strict=True):
+        allowed = 2 * max_error(theirs, reference) + 1e-3
+        assert max_error(mine, reference) <= allowed, f"{name}: {max_error(mine, reference):.3g} > {allowed:.3g}"

@@ -8,6 +8,8 @@ import torch
 
 import attnlib.numpy as anp
 import attnlib.torch as at
+from attnlib import _paged_cache
+from attnlib.torch import flash_triton
 
 N_LAYERS, N_KV_HEADS, D_HEAD = 2, 3, 4
 
@@ -78,7 +80,7 @@ def test_random_join_append_free_workloads_equal_a_dict_of_contiguous_arrays(nam
             k, v = new_positions(rng, n_new, namespace)
             if cache.blocks_needed(seq, n_new) > cache.n_free_blocks:
                 before = state(cache)
-                with pytest.raises(anp.OutOfBlocksError, match=f"sequence {seq} needs"):
+                with pytest.raises(namespace.OutOfBlocksError, match=f"sequence {seq} needs"):
                     cache.append(seq, k, v)
                 assert_same_state(before, state(cache))
                 refusals += 1
@@ -103,12 +105,13 @@ def test_out_of_blocks_changes_nothing(namespace):
     cache.append(first, *new_positions(rng, 6, namespace))  # blocks 0 and 1, the second half full
     cache.append(second, *new_positions(rng, 1, namespace))  # block 2
     before = state(cache)
-    with pytest.raises(anp.OutOfBlocksError, match=r"needs 1 more block.*only 0 of 3 blocks are free"):
+    with pytest.raises(namespace.OutOfBlocksError, match=r"needs 1 more block.*only 0 of 3 blocks are free"):
         cache.append(first, *new_positions(rng, 3, namespace))  # 6 + 3 = 9 positions need a third block
     assert_same_state(before, state(cache))
     cache.append(first, *new_positions(rng, 2, namespace))  # what still fits in its last block is accepted
     assert cache.length(first) == 8 and cache.n_free_blocks == 0
-    assert isinstance(anp.OutOfBlocksError("x"), MemoryError) and at.OutOfBlocksError is anp.OutOfBlocksError
+    for error in (anp.OutOfBlocksError, at.OutOfBlocksError):  # one base class catches both namespaces' errors
+        assert issubclass(error, _paged_cache.OutOfBlocksError) and issubclass(error, MemoryError)
 
 
 @pytest.mark.parametrize("namespace", [anp, at], ids=["numpy", "torch"])
@@ -205,3 +208,104 @@ def test_bad_inputs_are_refused_by_name_and_change_nothing(namespace):
     cache.free(seq)
     with pytest.raises(KeyError, match="is not a sequence"):
         cache.free(seq)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Attention read straight from the paged cache
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def filled_cache(namespace, lengths, *, block_size=4, d_head=D_HEAD, seed=8, dtype=None, device=None):
+    """A cache holding sequences of the given lengths, appended in pieces so that their blocks interleave."""
+    rng = np.random.default_rng(seed)
+    if dtype is None:
+        dtype = np.float64 if namespace is anp else torch.float64
+    extra = {} if namespace is anp else {"device": device}
+    cache = namespace.PagedKVCache(40, N_KV_HEADS, d_head, block_size=block_size, n_layers=N_LAYERS, dtype=dtype,
+                                   **extra)
+    seqs = [cache.add_sequence() for _ in lengths]
+    remaining = dict(zip(seqs, lengths, strict=True))
+    while any(remaining.values()):
+        for seq in seqs:
+            n_new = min(remaining[seq], int(rng.integers(1, 6)))
+            if n_new:
+                shape = (N_LAYERS, N_KV_HEADS, n_new, d_head)
+                k, v = rng.standard_normal(shape), rng.standard_normal(shape)
+                if namespace is at:
+                    k, v = torch.from_numpy(k).to(dtype=dtype, device=device), torch.from_numpy(v).to(dtype=dtype,
+                                                                                                   device=device)
+                cache.append(seq, k, v)
+                remaining[seq] -= n_new
+    return cache, seqs
+
+
+@pytest.mark.parametrize("namespace", [anp, at], ids=["numpy", "torch"])
+@pytest.mark.parametrize("n_q", [1, 3])
+def test_paged_attention_equals_attention_over_each_gathered_sequence(namespace, n_q):
+    cache, seqs = filled_cache(namespace, [13, 3, 22])  # 4, 1 and 6 blocks of 4, interleaved in the pool
+    rng = np.random.default_rng(9)
+    q = rng.standard_normal((3, N_KV_HEADS, n_q, D_HEAD))
+    q_in = q if namespace is anp else torch.from_numpy(q)
+    for layer in range(N_LAYERS):
+        expected = []
+        for seq in seqs:
+            keys, values = (as_numpy(x) for x in cache.gather(seq))
+            expected.append(anp.attention(q[len(expected)], keys[layer], values[layer], causal=True)[0])
+        for n_splits in (1, 2, 3, 7):  # 7 > the blocks of every sequence: empty chunks add nothing
+            extra = {} if namespace is anp else {"backend": "torch"}
+            output = namespace.paged_attention(q_in, cache, seqs, layer=layer, n_splits=n_splits, **extra)
+            np.testing.assert_allclose(as_numpy(output), np.stack(expected), rtol=1e-12, atol=1e-13)
+
+
+@pytest.mark.parametrize("n_q", [1, 3])
+def test_paged_decode_kernel_reads_the_blocks_where_they_lie(n_q):
+    if not flash_triton.available():
+        pytest.skip("triton is not importable here")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cache, seqs = filled_cache(at, [20, 3, 37], block_size=16, d_head=16, dtype=torch.float32, device=device)
+    q = torch.randn(3, N_KV_HEADS, n_q, 16, generator=torch.Generator().manual_seed(10)).to(device)
+    for n_splits in (1, 2, 3):
+        output, lse = at.paged_attention(q, cache, seqs, layer=1, n_splits=n_splits, return_lse=True,
+                                         backend="triton")
+        expected, expected_lse = at.paged_attention(q.double(), _as_double(cache), seqs, layer=1, return_lse=True,
+                                                    backend="torch")
+        torch.testing.assert_close(output.double(), expected, rtol=0, atol=2e-6)
+        torch.testing.assert_close(lse.double(), expected_lse, rtol=0, atol=2e-6)
+
+
+def _as_double(cache):
+    """The same cache in float64 (same block tables), as a reference for the float32 kernel."""
+    twin = at.PagedKVCache(cache.n_blocks, cache.n_kv_heads, cache.d_head, block_size=cache.block_size,
+                           n_layers=cache.n_layers, dtype=torch.float64, device=cache.device)
+    twin.key_pool, twin.value_pool = cache.key_pool.double(), cache.value_pool.double()
+    twin.restore(cache.snapshot())
+    return twin
+
+
+@pytest.mark.parametrize("namespace", [anp, at], ids=["numpy", "torch"])
+def test_paged_attention_refuses_bad_calls_by_name(namespace):
+    cache, seqs = filled_cache(namespace, [5, 2])
+    q = np.zeros((2, N_KV_HEADS, 1, D_HEAD))
+    q = q if namespace is anp else torch.from_numpy(q)
+    attend = namespace.paged_attention
+    with pytest.raises(ValueError, match=r"q must have shape \(len\(seqs\), n_kv_heads, n_q, d_head\) = \(2, 3"):
+        attend(q[:1], cache, seqs)
+    with pytest.raises(TypeError, match="q has dtype"):
+        attend(q.astype(np.float32) if namespace is anp else q.float(), cache, seqs)
+    with pytest.raises(KeyError, match="seq 9 is not a sequence"):
+        attend(q, cache, [seqs[0], 9])
+    with pytest.raises(TypeError, match="seqs must be a non-empty list"):
+        attend(q, cache, seqs[0])
+    with pytest.raises(ValueError, match="layer must be below n_layers = 2"):
+        attend(q, cache, seqs, layer=2)
+    with pytest.raises(ValueError, match="n_splits must be a positive integer"):
+        attend(q, cache, seqs, n_splits=0)
+    with pytest.raises(TypeError, match="cache must be a"):
+        attend(q, (cache.key_pool, cache.value_pool), seqs)
+    three = np.zeros((2, N_KV_HEADS, 3, D_HEAD))
+    with pytest.raises(ValueError, match=r"hold fewer: \{1: 2\}"):
+        attend(three if namespace is anp else torch.from_numpy(three), cache, seqs)
+    if namespace is at and flash_triton.available():
+        small_blocks, (seq,) = filled_cache(at, [5], d_head=16, dtype=torch.float32)  # blocks of 4 positions
+        with pytest.raises(ValueError, match="block_size must be a power of two >= 16"):
+            attend(torch.zeros(1, N_KV_HEADS, 1, 16), small_blocks, [seq], backend="triton")

@@ -29,7 +29,13 @@ from .paged_cache import OutOfBlocksError, PagedKVCache
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal_positions
 from .serving import Request, ServingTrace, serve
 from .softmax import softmax
-from .split_kv import PartialAttention, merge_partials, split_kv_attention, split_kv_partials
+from .split_kv import (
+    PartialAttention,
+    merge_partials,
+    paged_attention,
+    split_kv_attention,
+    split_kv_partials,
+)
 
 __all__ = [
     "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "gelu_tanh",
@@ -40,5 +46,5 @@ __all__ = [
     "flash_attention_steps", "FlashTrace", "FlashStep",
     "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
     "MultiHeadLatentAttention", "LatentCache",
-    "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace",
+    "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace", "paged_attention",
 ]

@@ -16,6 +16,9 @@ Two such states are merged exactly as the online softmax merges two blocks of a 
 and added (:func:`merge_partials`). The merge is associative and commutative, so the chunks may finish in any
 order and be combined in any grouping; the result is attention over all the keys, ``acc / l``, with the row's
 log-sum-exp ``lse = m + log l``.
+
+:func:`paged_attention` does the same for many sequences held in a ``PagedKVCache``: the chunks are runs of whole
+blocks, read where the block tables say they lie, with no contiguous copy of any sequence.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _checks, _settings, occupancy, tiling
+from .. import _checks, _paged_cache, _settings, occupancy, tiling
 from .flash_attention import flash_step
 from .online_softmax import SoftmaxState, merge, rescale_factor
 
@@ -164,3 +167,70 @@ def _check_total(total: PartialAttention) -> None:
         raise _checks.scores_overflowed(total.acc.dtype)
     if (total.l == 0).any():
         raise _checks.scores_underflowed(total.acc.dtype, int((total.l == 0).sum()))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Split-KV decoding straight from a paged cache
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _block_chunks(n_blocks: int, n_splits: int) -> list[tuple[int, int]]:
+    """The cut of ``occupancy.split_bounds``, over a sequence's blocks; a short sequence may leave chunks empty."""
+    return [(split * n_blocks // n_splits, (split + 1) * n_blocks // n_splits) for split in range(n_splits)]
+
+
+def _paged_chunk(q_scaled, cache, layer: int, blocks, first_block: int, length: int) -> PartialAttention:
+    """One chunk of one sequence: its blocks read from the layer's pools through the block table, one tile."""
+    n_q, dtype = q_scaled.shape[-2], q_scaled.dtype
+    start = PartialAttention.empty(q_scaled.shape[:-1], cache.d_head, dtype)
+    if not blocks:  # a sequence with fewer blocks than splits: this chunk is empty, the merge's identity
+        return start
+    first_position = first_block * cache.block_size
+    count = min(len(blocks) * cache.block_size, length - first_position)  # the last block may be partly empty
+    k = cache._read_blocks(cache.key_pool, layer, list(blocks), count).astype(dtype, copy=False)  # (H, count, d)
+    v = cache._read_blocks(cache.value_pool, layer, list(blocks), count).astype(dtype, copy=False)
+    visible = None
+    if n_q > 1:  # the queries are the sequence's last n_q positions: bottom-right aligned, as everywhere
+        visible = tiling.causal_visible(0, n_q, first_position, first_position + count, length - n_q)
+    m, l, acc, _ = flash_step(q_scaled, k, v, start.m, start.l, start.acc, visible)
+    return PartialAttention(m=m, l=l, acc=acc)
+
+
+def paged_attention(q, cache, seqs, *, layer: int = 0, n_splits: int = 1, scale: float | None = None,
+                    return_lse: bool = False):
+    """Decoding attention read straight from a ``PagedKVCache``: each sequence's queries against its own keys.
+
+    q (len(seqs), n_kv_heads, n_q, d_head): the queries of sequences ``seqs``, which are the last n_q positions
+    each of them has in ``cache`` (their keys and values already appended); ``layer`` picks the layer's pools.
+    -> output (len(seqs), n_kv_heads, n_q, d_head), and with ``return_lse`` the log-sum-exp (len(seqs), H, n_q).
+
+    Nothing is gathered into one array first: each sequence's blocks are cut into ``n_splits`` chunks of whole
+    blocks (chunk s: blocks ``s·nb // n_splits`` to ``(s+1)·nb // n_splits`` of its nb blocks, empty when nb is
+    smaller than n_splits), each chunk is read through the block table and attended on its own, and the chunk
+    states are merged as in :func:`split_kv_attention`. Equal to ``attention`` over ``cache.gather(seq)`` up to
+    rounding; causal within the sequence (a query sees the positions up to its own).
+    """
+    q, seqs, layer, n_splits, scale = _paged_cache.attention_call(q, cache, seqs, layer, n_splits, scale,
+                                                                  as_array=_checks.numpy_array,
+                                                                  cache_class=_cache_class())
+    return_lse = _checks.flag("return_lse", return_lse)
+    q_scaled = q.astype(_compute_dtype(q.dtype), copy=False) * scale  # (S, H, n_q, d)
+    outputs, lses = [], []
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow is reported once, after the merge
+        for index, seq in enumerate(seqs):
+            table, length = cache.block_table(seq), cache.length(seq)
+            parts = [_paged_chunk(q_scaled[index], cache, layer, table[first:end], first, length)
+                     for first, end in _block_chunks(len(table), n_splits)]
+            total = functools.reduce(merge_partials, parts)
+            if _settings.finite_checks():
+                _check_total(total)
+            outputs.append(total.output())
+            lses.append(total.lse())
+    output = np.stack(outputs).astype(q.dtype, copy=False)  # (S, H, n_q, d)
+    return (output, np.stack(lses)) if return_lse else output
+
+
+def _cache_class():
+    from .paged_cache import PagedKVCache  # the cache module is only needed by this function
+
+    return PagedKVCache

@@ -8,6 +8,9 @@ online softmax merges the blocks of a row. Two backends compute the chunks:
 * ``backend="triton"``: the decode kernel of ``attnlib.torch.split_kv_triton``, one GPU program per
   (batch · head, chunk), imported only when asked for;
 * ``backend="auto"``: triton for CUDA tensors it supports, otherwise torch.
+
+``paged_attention`` reads the chunks straight from a ``PagedKVCache`` through its block tables, with the same two
+backends.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .. import _checks, _settings, occupancy, tiling
+from .. import _checks, _paged_cache, _settings, occupancy, tiling
 from .flash_attention import flash_step
 from .online_softmax import SoftmaxState, merge, rescale_factor
 
@@ -186,3 +189,82 @@ def _check_total(total: PartialAttention) -> None:
         raise _checks.scores_overflowed(acc.dtype)
     if bool((l == 0).any()):  # every query sees key 0, so l = 0 means all its scores fell to -inf
         raise _checks.scores_underflowed(acc.dtype, int((l == 0).sum()))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Split-KV decoding straight from a paged cache
+# --------------------------------------------------------------------------------------------------------------
+
+
+def _block_chunks(n_blocks: int, n_splits: int) -> list[tuple[int, int]]:
+    """The cut of ``occupancy.split_bounds``, over a sequence's blocks; a short sequence may leave chunks empty."""
+    return [(split * n_blocks // n_splits, (split + 1) * n_blocks // n_splits) for split in range(n_splits)]
+
+
+def _paged_chunk(q_scaled, cache, layer: int, blocks, first_block: int, length: int) -> PartialAttention:
+    """One chunk of one sequence: its blocks read from the layer's pools through the block table, one tile."""
+    n_q, dtype = q_scaled.shape[-2], q_scaled.dtype
+    start = PartialAttention.empty(q_scaled.shape[:-1], cache.d_head, dtype, q_scaled.device)
+    if not blocks:  # a sequence with fewer blocks than splits: this chunk is empty, the merge's identity
+        return start
+    first_position = first_block * cache.block_size
+    count = min(len(blocks) * cache.block_size, length - first_position)  # the last block may be partly empty
+    k = cache._read_blocks(cache.key_pool, layer, list(blocks), count).to(dtype)  # (H, count, d)
+    v = cache._read_blocks(cache.value_pool, layer, list(blocks), count).to(dtype)
+    visible = None
+    if n_q > 1:  # the queries are the sequence's last n_q positions: bottom-right aligned, as everywhere
+        visible = torch.from_numpy(
+            tiling.causal_visible(0, n_q, first_position, first_position + count, length - n_q)
+        ).to(q_scaled.device)
+    m, l, acc, _ = flash_step(q_scaled, k, v, start.m, start.l, start.acc, visible)
+    return PartialAttention(m=m, l=l, acc=acc)
+
+
+def paged_attention(q, cache, seqs, *, layer: int = 0, n_splits: int = 1, scale: float | None = None,
+                    return_lse: bool = False, backend: str = "auto"):
+    """Decoding attention read straight from a ``PagedKVCache`` (twin of ``attnlib.numpy.paged_attention``).
+
+    q (len(seqs), n_kv_heads, n_q, d_head) are the last n_q positions of each sequence in ``cache``; each
+    sequence's blocks are cut into ``n_splits`` chunks of whole blocks, attended through the block table and merged.
+    ``backend``: "torch" (plain torch ops), "triton" (the paged decode kernel of ``attnlib.torch.split_kv_triton``:
+    one program per (sequence · head, chunk), reading blocks where they lie in the pool; CUDA, or CPU under
+    ``TRITON_INTERPRET=1``; the cache's block_size must be a power of two >= 16) or "auto".
+    """
+    from .paged_cache import PagedKVCache  # the cache module is only needed by this function
+
+    q, seqs, layer, n_splits, scale = _paged_cache.attention_call(q, cache, seqs, layer, n_splits, scale,
+                                                                  as_array=_checks.torch_tensor,
+                                                                  cache_class=PagedKVCache)
+    return_lse = _checks.flag("return_lse", return_lse)
+    backend = _resolve_paged_backend(backend, q, cache)
+    if backend == "triton":
+        m, l, acc = _triton_module().paged_partials(q, cache, seqs, layer, n_splits, scale)  # (S, H, splits, ...)
+        total = _merge_stacked(m, l, acc)
+        if _settings.finite_checks():
+            _check_total(total)
+        output, lse = total.output(), total.lse()
+    else:
+        q_scaled = q.to(_compute_dtype(q.dtype)) * scale  # (S, H, n_q, d)
+        outputs, lses = [], []
+        for index, seq in enumerate(seqs):
+            table, length = cache.block_table(seq), cache.length(seq)
+            parts = [_paged_chunk(q_scaled[index], cache, layer, table[first:end], first, length)
+                     for first, end in _block_chunks(len(table), n_splits)]
+            total = functools.reduce(merge_partials, parts)
+            if _settings.finite_checks():
+                _check_total(total)
+            outputs.append(total.output())
+            lses.append(total.lse())
+        output, lse = torch.stack(outputs), torch.stack(lses)  # (S, H, n_q, d), (S, H, n_q)
+    output = output.to(q.dtype)
+    return (output, lse) if return_lse else output
+
+
+def _resolve_paged_backend(backend, q, cache) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if q.is_cuda and _triton_module().can_run_paged(q, cache) else "torch"
+    if backend == "triton":
+        _triton_module().check_supported_paged(q, cache)
+    return backend
