@@ -105,7 +105,7 @@ def _validate(q, k, v, causal, window, scale, block_q, block_k):
     block_q = DEFAULT_BLOCK_Q if block_q is None else _checks.positive_int("block_q", block_q)
     block_k = DEFAULT_BLOCK_K if block_k is None else _checks.positive_int("block_k", block_k)
     causal = _checks.causal_fits(causal, q.shape[-2], k.shape[-2], f"q {q.shape} and k {k.shape}")
-    window = _checks.window_fits(window, causal)
+    window = _checks.window(window, causal)
     scale = 1.0 / np.sqrt(q.shape[-1]) if scale is None else scale
     return q, k, v, causal, window, float(scale), block_q, block_k, group
 

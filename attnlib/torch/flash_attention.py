@@ -234,7 +234,7 @@ def _validate(q, k, v, causal, window, scale, block_q, block_k):
     block_q = None if block_q is None else _checks.positive_int("block_q", block_q)
     block_k = None if block_k is None else _checks.positive_int("block_k", block_k)
     causal = _checks.causal_fits(causal, q.shape[-2], k.shape[-2], f"q {tuple(q.shape)} and k {tuple(k.shape)}")
-    window = _checks.window_fits(window, causal)
+    window = _checks.window(window, causal)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
     return causal, window, float(scale), block_q, block_k, group
 
