@@ -76,7 +76,9 @@ def test_as_many_kv_heads_as_query_heads_is_the_classic_layer():
     x = torch.randn(3, 6, 16, dtype=torch.float64)
     expected, _ = reference(x, x, x, need_weights=False)
     torch.testing.assert_close(explicit(x), expected, **DOUBLE)
-    assert at.MultiHeadAttention(16, 4, dtype=torch.float64).config()["n_kv_heads"] == 4
+    # "As many as the query heads" is written None, so it stays true if n_heads is edited in the configuration.
+    assert at.MultiHeadAttention(16, 4, n_kv_heads=4).config()["n_kv_heads"] is None
+    assert at.TransformerBlock(**{**at.TransformerBlock(16, 4, 32).config(), "n_heads": 8}).attention.n_kv_heads == 8
 
 
 def test_gradients_of_a_grouped_rope_layer_match_the_reference():
