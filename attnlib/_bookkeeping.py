@@ -117,3 +117,19 @@ class LanguageModelBookkeeping(StackBookkeeping):
         if max_len < self.max_len:
             raise ValueError(f"extend_context raises the limit; max_len={max_len} is below the current {self.max_len}")
         self.max_len = max_len
+
+
+class LatentBookkeeping:
+    """For ``MultiHeadLatentAttention``: parameters by role (``attnlib.sizes.latent_attention_parameters``)."""
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters by role: ``queries`` (W_q, W_qr), ``keys_values`` (W_dkv, W_uk, W_uv, W_kr), ``output``
+        (W_o), and their ``total``."""
+        sizes = {name: math.prod(p.shape) for name, p in self.named_parameters()}
+        counts = {
+            "queries": sizes["w_q"] + sizes["w_qr"],
+            "keys_values": sizes["w_dkv"] + sizes["w_uk"] + sizes["w_uv"] + sizes["w_kr"],
+            "output": sizes["w_o"],
+        }
+        counts["total"] = sum(counts.values())
+        return counts

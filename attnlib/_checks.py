@@ -416,3 +416,45 @@ def scores_underflowed(dtype, n_rows: int) -> OverflowError:
         f"{n_rows} query row(s) have every visible score at -inf in {dtype} (overflow of q·kᵀ·scale), though no "
         f"mask hides all their keys; {OVERFLOW_HINT}"
     )
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Sliding windows and grouped key/value heads (flash_attention and its kernel)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def window_fits(window, causal: bool) -> int | None:
+    """None, or a positive int with ``causal`` on: each query sees its ``window`` most recent keys, itself included."""
+    if window is None:
+        return None
+    window = positive_int("window", window)
+    if not causal:
+        raise ValueError(
+            f"window={window} needs causal=True: a sliding window keeps the {window} most recent keys up to each "
+            "query's own position, which only causal attention defines"
+        )
+    return window
+
+
+def query_groups(q, k, v) -> int:
+    """How many query heads share one key/value head: 1, or G > 1 for grouped-query attention.
+
+    Heads are dimension -3 of q (..., n_heads, n_q, d_k) and k, v (..., n_kv_heads, n_k, d). When the two counts
+    differ and neither is 1 (1 is ordinary broadcasting), n_heads must be a multiple of n_kv_heads: query head h
+    then uses key/value head h // G with G = n_heads // n_kv_heads, as in grouped-query attention.
+    """
+    if q.ndim < 3 or k.ndim < 3:
+        return 1
+    n_heads, n_kv_heads = q.shape[-3], k.shape[-3]
+    if n_heads == n_kv_heads or 1 in (n_heads, n_kv_heads):
+        return 1
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if n_heads % n_kv_heads:
+        raise ValueError(
+            f"batch dimensions of q, k and v do not broadcast, got {shapes}. Read as heads (dimension -3), q has "
+            f"{n_heads} heads and k has {n_kv_heads}: grouped-query attention needs the number of query heads to be "
+            "a multiple of the number of key/value heads (n_heads % n_kv_heads == 0)"
+        )
+    if v.ndim >= 3 and v.shape[-3] not in (n_kv_heads, 1):
+        raise ValueError(f"k and v must have the same number of heads (dimension -3), got {shapes}")
+    return n_heads // n_kv_heads

@@ -202,3 +202,29 @@ class Configured:
         if "n_kv_heads" in values and values["n_kv_heads"] == values["n_heads"]:
             values["n_kv_heads"] = None
         return values
+
+
+@dataclasses.dataclass(frozen=True)
+class MultiHeadLatentAttentionConfig:
+    """Multi-head latent attention (DeepSeek-V2): ``d_latent`` is the cached latent's width (the paper's d_c),
+    ``d_rope`` the width of the decoupled RoPE query and key (d_h^R, even: RoPE turns pairs of numbers), ``d_head``
+    the width of each head's content query, key and value (d_h; by default d_model / n_heads), ``rope_base`` RoPE's
+    base (10000 as in RoFormer)."""
+
+    d_model: int
+    n_heads: int
+    d_latent: int
+    d_rope: int
+    d_head: int | None = None
+    rope_base: float = 10000.0
+
+    def __post_init__(self):
+        for name in ("d_model", "n_heads", "d_latent", "d_rope"):
+            _set(self, name, _checks.positive_int(name, getattr(self, name)))
+        if self.d_rope % 2:
+            raise ValueError(f"d_rope must be even (RoPE rotates pairs of numbers), got d_rope={self.d_rope}")
+        if self.d_head is None:
+            _checks.divisible(self.d_model, self.n_heads)
+            _set(self, "d_head", self.d_model // self.n_heads)
+        _set(self, "d_head", _checks.positive_int("d_head", self.d_head))
+        _set(self, "rope_base", _checks.positive_float("rope_base", self.rope_base))

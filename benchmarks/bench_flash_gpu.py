@@ -10,8 +10,16 @@ Lines:
   and so is the backend SDPA picks by itself;
 * ``naive torch``: scores, softmax, weighted sum as three separate operations (an n x n matrix in memory).
 
+Then the variants that modern decoders use, causal at d = 128 (``variants`` in the results, one row per variant,
+line and pass): grouped-query attention (4 query heads per key/value head), multi-query attention (one key/value
+head), sliding windows of 1024 and 4096 keys, and a window with grouped heads, each beside plain causal attention
+of the same shape. The SDPA lines get ``enable_gqa=True`` and, for a window, the boolean banded mask (the window is
+not one of SDPA's own options), first with the backend SDPA picks, then with each backend forced.
+
 Speed is reported in TFLOP/s with the papers' convention: 4 * batch * heads * n^2 * d for the forward, halved when
-causal, and 2.5 times that for the backward (so forward+backward counts 3.5 times the forward). In the same run a
+causal, and 2.5 times that for the backward (so forward+backward counts 3.5 times the forward). A sliding window of
+w keys counts the band's area instead of the triangle's: n * w - w^2 / 2 pairs (n^2 / 2 when w = n). Grouped
+heads do the same arithmetic as ungrouped ones; they read fewer keys and values. In the same run a
 large dense bfloat16 matmul is timed as the ceiling, and every line is also given as a fraction of it. Timing:
 CUDA events, warm-up calls first (they also run the autotuner), then the median of repeated calls.
 
@@ -45,6 +53,16 @@ PASSES = ("forward", "forward_backward")
 BACKWARD_FLOP_RATIO = 2.5  # the backward does 2.5x the forward's matmul work (5 matmuls against 2)
 SDPA_BACKENDS = ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH")
 MATMUL_SIZE = 8192  # the ceiling: one (8192 x 8192) @ (8192 x 8192) bfloat16 matmul
+VARIANT_LENGTHS = (4096, 16384)
+VARIANT_HEAD_DIM = 128  # 16 query heads of 128, as in Llama-style models
+VARIANTS = (  # name, key/value heads out of 16 query heads, window
+    ("causal", 16, None),
+    ("gqa 4:1", 4, None),
+    ("mqa", 1, None),
+    ("window 1024", 16, 1024),
+    ("window 4096", 16, 4096),
+    ("gqa 4:1 + window 1024", 4, 1024),
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -52,17 +70,23 @@ MATMUL_SIZE = 8192  # the ceiling: one (8192 x 8192) @ (8192 x 8192) bfloat16 ma
 # --------------------------------------------------------------------------------------------------------------
 
 
-def attention_flops(batch: int, heads: int, n: int, d: int, causal: bool, pass_name: str) -> float:
+def attention_flops(
+    batch: int, heads: int, n: int, d: int, causal: bool, pass_name: str, window: int | None = None
+) -> float:
     """Floating-point operations of attention, by the papers' convention.
 
     Forward: two matmuls (q k^T and p v) of 2 * n * n * d each per head -> 4 * batch * heads * n^2 * d; causal
-    attention skips half of the scores; the backward counts 2.5 times the forward.
+    attention skips half of the scores; a causal ``window`` of w keys keeps the band's n * w - w^2 / 2 of the n^2
+    (n^2 / 2 for w >= n, the causal count); the backward counts 2.5 times the forward. ``heads`` counts query heads.
     """
     if pass_name not in ("forward", "backward", "forward_backward"):
         raise ValueError(f"pass_name must be 'forward', 'backward' or 'forward_backward', got {pass_name!r}")
+    if window is not None and not causal:
+        raise ValueError(f"window={window} needs causal=True")
     forward = 4.0 * batch * heads * n * n * d
     if causal:
-        forward /= 2
+        w = n if window is None else min(window, n)
+        forward *= (n * w - w * w / 2) / (n * n)
     ratio = {"forward": 1.0, "backward": BACKWARD_FLOP_RATIO, "forward_backward": 1.0 + BACKWARD_FLOP_RATIO}
     return ratio[pass_name] * forward
 
@@ -86,6 +110,19 @@ def benchmark_shapes(lengths=LENGTHS, head_dims=HEAD_DIMS, total_tokens=TOTAL_TO
             if total_tokens % n:
                 raise ValueError(f"sequence length {n} does not divide the {total_tokens} tokens per batch")
             shapes.append({"batch": total_tokens // n, "heads": hidden // d, "n": n, "d": d})
+    return shapes
+
+
+def variant_shapes(lengths=VARIANT_LENGTHS, d=VARIANT_HEAD_DIM, variants=VARIANTS, total_tokens=TOTAL_TOKENS,
+                   hidden=HIDDEN):
+    """(batch, heads, n_kv_heads, n, d, window, variant) for every n and variant: batch * n = total_tokens and
+    heads * d = hidden, as in the main table."""
+    shapes = []
+    for shape in benchmark_shapes(lengths, (d,), total_tokens, hidden):
+        for name, n_kv_heads, window in variants:
+            if shape["heads"] % n_kv_heads:
+                raise ValueError(f"variant {name!r}: {n_kv_heads} key/value heads do not divide {shape['heads']} heads")
+            shapes.append({**shape, "n_kv_heads": n_kv_heads, "window": window, "variant": name})
     return shapes
 
 
@@ -175,6 +212,84 @@ def make_lines(torch, causal: bool, scale: float, n: int, device):
     mask = torch.ones(n, n, dtype=torch.bool, device=device).tril() if causal else None  # n_q = n_k here
     lines["naive torch"] = lambda q, k, v: naive_attention(torch, q, k, v, mask, scale)
     return lines
+
+
+def banded_mask(torch, n: int, window: int | None, device):
+    """(n, n) boolean: causal, and with a window only the ``window`` most recent keys of each query (n_q = n_k)."""
+    positions = torch.arange(n, device=device)
+    offsets = positions[:, None] - positions[None, :]  # query position minus key position
+    visible = offsets >= 0
+    return visible if window is None else visible & (offsets < window)
+
+
+def make_variant_lines(torch, scale: float, n: int, window: int | None, grouped: bool, device):
+    """name -> function(q, k, v) for one variant (always causal): attnlib's kernel and SDPA with each backend."""
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from attnlib.torch import flash_attention
+
+    # SDPA has no window option: a window is a boolean mask, and a mask rules out its FlashAttention backend.
+    mask = None if window is None else banded_mask(torch, n, window, device)
+
+    def sdpa(q, k, v):
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=mask is None, scale=scale,
+                                              enable_gqa=grouped)
+
+    def forced(backend):
+        def run(q, k, v):
+            with sdpa_kernel(backend):
+                return sdpa(q, k, v)
+
+        return run
+
+    lines = {
+        "attnlib triton": lambda q, k, v: flash_attention(q, k, v, causal=True, window=window, scale=scale,
+                                                          backend="triton"),
+        "sdpa": sdpa,
+    }
+    for backend in SDPA_BACKENDS:
+        if hasattr(SDPBackend, backend):
+            lines[f"sdpa {backend.lower()}"] = forced(getattr(SDPBackend, backend))
+    return lines
+
+
+def run_variants(torch, shapes, dtype, warmup, repeats, *, device="cuda", ceiling=None, log=print) -> list:
+    """Time every variant shape (see ``variant_shapes``): one row per (shape, line, pass)."""
+    rows = []
+    for shape in shapes:
+        batch, heads, n_kv_heads, n, d = (shape[name] for name in ("batch", "heads", "n_kv_heads", "n", "d"))
+        window, scale = shape["window"], 1.0 / math.sqrt(d)
+        generator = torch.Generator(device=device).manual_seed(n + n_kv_heads + (window or 0))
+        q, grad_output, k, v = (
+            torch.randn(batch, heads_here, n, d, device=device, dtype=dtype, generator=generator)
+            for heads_here in (heads, heads, n_kv_heads, n_kv_heads)
+        )
+        q, k, v = (x.requires_grad_() for x in (q, k, v))
+        lines = make_variant_lines(torch, scale, n, window, n_kv_heads != heads, q.device)
+        with torch.no_grad():  # a sanity check on the very inputs being timed, not a substitute for the tests
+            difference = (lines["attnlib triton"](q, k, v) - lines["sdpa"](q, k, v)).abs().max().item()
+        for pass_name in PASSES:
+            flops = attention_flops(batch, heads, n, d, True, pass_name, window)
+            for name, function in lines.items():
+                row = {"line": name, "pass": pass_name, **shape, "flops": flops, "max_abs_diff_vs_sdpa": difference}
+                try:
+                    milliseconds = measure_line(torch, function, q, k, v, grad_output, pass_name, warmup, repeats,
+                                                device)
+                except torch.cuda.OutOfMemoryError:
+                    row.update(status="out of memory", ms=None, tflops=None)
+                except Exception as error:  # noqa: BLE001 - e.g. a backend that refuses masks or grouped heads
+                    row.update(status=failure(name, error), ms=None, tflops=None)
+                else:
+                    row.update(status="ok", ms=milliseconds, tflops=tflops(flops, milliseconds))
+                measured = ceiling is not None and row["tflops"] is not None
+                row["fraction_of_ceiling"] = row["tflops"] / ceiling["tflops"] if measured else None
+                if device == "cuda":
+                    torch.cuda.empty_cache()
+                rows.append(row)
+                shown = f"{row['tflops']:7.1f} TFLOP/s" if row["status"] == "ok" else row["status"][:60]
+                log(f"n={n:5d} {shape['variant']:22s} {pass_name:16s} {name:26s} {shown}")
+    return rows
 
 
 def sdpa_default_backend(torch, q, k, v, causal: bool) -> str:
@@ -306,6 +421,7 @@ def main(argv=None) -> Path:
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="results file (default benchmarks/results/...)")
+    parser.add_argument("--no-variants", action="store_true", help="skip the GQA/MQA/sliding-window table")
     args = parser.parse_args(argv)
 
     import torch
@@ -329,6 +445,11 @@ def main(argv=None) -> Path:
     dtype = getattr(torch, args.dtype)
     shapes = benchmark_shapes(lengths, args.head_dims)
 
+    measured = run_benchmark(torch, shapes, dtype, warmup, repeats)
+    variants = [] if args.no_variants else run_variants(
+        torch, variant_shapes((16384,) if args.quick else VARIANT_LENGTHS), dtype, warmup, repeats,
+        ceiling=measured["matmul_ceiling"],
+    )
     results = {
         "benchmark": "flash_gpu",
         "machine": machine_info(torch),
@@ -339,7 +460,8 @@ def main(argv=None) -> Path:
         "warmup": warmup,
         "repeats": repeats,
         "statistic": "median",
-        **run_benchmark(torch, shapes, dtype, warmup, repeats),
+        **measured,
+        "variants": variants,
         "autotuned_configs": tuned_configs(),
     }
     path = args.out or results_path(results["machine"]["device"])

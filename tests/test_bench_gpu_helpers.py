@@ -130,3 +130,51 @@ def test_report_loads_plots_and_summarises_a_results_file(toy_result, tmp_path):
     assert summary["ours_forward_tflops"] == ours["tflops"]
     assert summary["forward_vs_best_sdpa"] == pytest.approx(ours["tflops"] / summary["best_sdpa_forward_tflops"])
     assert gpu_flash.goals(loaded) is None  # n=16384, d=128 was not measured in this file
+
+
+def test_a_window_counts_the_band_and_grouped_heads_count_query_heads(bench):
+    batch, heads, n, d = 2, 4, 64, 8
+    causal = bench.attention_flops(batch, heads, n, d, True, "forward")
+    assert bench.attention_flops(batch, heads, n, d, True, "forward", window=n) == causal
+    assert bench.attention_flops(batch, heads, n, d, True, "forward", window=10 * n) == causal
+    # A window of w keys: row i sees min(i + 1, w) keys; the convention counts the band's area n * w - w^2 / 2,
+    # as it counts the triangle's n^2 / 2 for causal attention.
+    band = 4 * batch * heads * d * (n * 16 - 16**2 / 2)
+    assert bench.attention_flops(batch, heads, n, d, True, "forward", window=16) == band
+    assert bench.attention_flops(batch, heads, n, d, True, "forward_backward", window=16) == 3.5 * band
+    with pytest.raises(ValueError, match="needs causal=True"):
+        bench.attention_flops(batch, heads, n, d, False, "forward", window=16)
+
+
+def test_variant_shapes_keep_the_tokens_and_the_hidden_size(bench):
+    shapes = bench.variant_shapes()
+    assert len(shapes) == len(bench.VARIANT_LENGTHS) * len(bench.VARIANTS)
+    for shape in shapes:
+        assert shape["batch"] * shape["n"] == 16384 and shape["heads"] * shape["d"] == 2048
+        assert shape["heads"] % shape["n_kv_heads"] == 0
+    assert {(s["n_kv_heads"], s["window"]) for s in shapes} >= {(16, None), (4, None), (1, None), (16, 1024)}
+    with pytest.raises(ValueError, match="3 key/value heads do not divide 16"):
+        bench.variant_shapes(variants=(("odd", 3, None),))
+
+
+def test_the_banded_mask_is_the_window_definition(bench):
+    mask = bench.banded_mask(torch, 6, 2, "cpu")
+    expected = torch.tensor([[i - 2 < j <= i for j in range(6)] for i in range(6)])
+    assert torch.equal(mask, expected)
+    assert torch.equal(bench.banded_mask(torch, 6, None, "cpu"), torch.ones(6, 6, dtype=torch.bool).tril())
+
+
+def test_the_variant_loop_records_every_line_and_agrees_with_sdpa(bench):
+    if not flash_triton.available():
+        pytest.skip("triton is not importable, so the attnlib line cannot run")
+    shape = {"batch": 1, "heads": 4, "n_kv_heads": 2, "n": 32, "d": 16, "window": 8, "variant": "toy"}
+    rows = bench.run_variants(torch, [shape], torch.float32, warmup=0, repeats=1, device="cpu", log=lambda text: None)
+    lines = {row["line"] for row in rows}
+    assert {"attnlib triton", "sdpa", "sdpa math"} <= lines
+    assert len(rows) == len(lines) * 2  # forward and forward+backward
+    for row in rows:
+        assert row["flops"] == bench.attention_flops(1, 4, 32, 16, True, row["pass"], window=8)
+        assert row["max_abs_diff_vs_sdpa"] < 1e-5
+        if row["status"] != "ok":
+            assert row["status"].startswith("unavailable") and row["tflops"] is None
+    assert all(row["status"] == "ok" for row in rows if row["line"] in ("attnlib triton", "sdpa", "sdpa math"))

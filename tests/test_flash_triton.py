@@ -207,7 +207,7 @@ def test_flash_attention_triton_backend_trains_through_autograd(n_q, n_k, causal
 STEPS = {
     "_forward_step": ("offs_q", "start_k", "MASKED"),
     "_backward_dq_step": ("offs_q", "start_k", "MASKED"),
-    "_backward_dk_dv_step": ("offs_k", "start_q", "ON_DIAGONAL"),
+    "_backward_dk_dv_step": ("offs_k", "start_q", "MASKED"),
 }
 
 
@@ -226,15 +226,16 @@ def _recording(original, visits, owned, visited, flag):
     return step
 
 
-def recorded_visits(monkeypatch, n_q, n_k, block_q, block_k, causal):
+def recorded_visits(monkeypatch, n_q, n_k, block_q, block_k, causal, window=None):
     """{step name: [(first row its program owns, first row of the visited block, flag), ...]} for one forward and
     one backward call of the kernels with these tiles."""
     visits = {name: [] for name in STEPS}
     for name, arguments in STEPS.items():
         monkeypatch.setattr(flash_triton, name, _recording(getattr(flash_triton, name), visits[name], *arguments))
     q, k, v, grad_output = random_qkv((1, 1, n_q, 16), n_k, torch.float32, seed=n_q + n_k)
-    output, lse = flash_triton.forward(q, k, v, causal, 0.25, block_q=block_q, block_k=block_k)
-    flash_triton.backward(q, k, v, output, lse, grad_output, causal, 0.25, block_q=block_q, block_k=block_k)
+    output, lse = flash_triton.forward(q, k, v, causal, 0.25, window=window, block_q=block_q, block_k=block_k)
+    flash_triton.backward(q, k, v, output, lse, grad_output, causal, 0.25, window=window, block_q=block_q,
+                          block_k=block_k)
     monkeypatch.undo()
     return visits
 
@@ -250,43 +251,55 @@ def plan_of(visits, n_q, n_k, block_q, block_k, *, by_key_block=False):
     return plan
 
 
-def diagonal_of_whole_key_blocks(n_q, n_k, block_q, block_k, causal):
-    """Tiles in which the causal mask hides some (query, key) pair, keys counted up to the end of their whole block.
+def diagonal_of_whole_key_blocks(n_q, n_k, block_q, block_k, causal, window=None):
+    """Tiles in which the causal mask (or the window) hides some (query, key) pair, keys counted up to the end of
+    their whole block.
 
-    The dK/dV pass loads its key block once, with a bounds mask, so its per-tile flag is about the diagonal only."""
+    The dK/dV pass loads its key block once, with a bounds mask, so its per-tile flag is about the diagonal and the
+    window's edge only."""
     blocks = (-(-n_q // block_q), -(-n_k // block_k))
     rows = np.arange(n_q)[:, None] + (n_k - n_q)  # absolute position of each query
-    visible = np.arange(blocks[1] * block_k)[None, :] <= rows if causal else np.ones((n_q, blocks[1] * block_k), bool)
+    keys = np.arange(blocks[1] * block_k)[None, :]
+    visible = keys <= rows if causal else np.ones((n_q, blocks[1] * block_k), bool)
+    if window is not None:
+        visible = visible & (keys > rows - window)
     return np.array([[not visible[i * block_q:(i + 1) * block_q, j * block_k:(j + 1) * block_k].all()
                       for j in range(blocks[1])] for i in range(blocks[0])])
 
 
-TILE_CASES = [  # (n_q, n_k, block_q, block_k, causal): square, fewer queries than keys, ragged, one query, not causal
-    (64, 64, 16, 16, True),
-    (40, 130, 16, 32, True),
-    (77, 77, 32, 16, True),
-    (70, 100, 16, 64, True),
-    (1, 77, 16, 32, True),
-    (90, 200, 32, 64, False),
+TILE_CASES = [  # (n_q, n_k, block_q, block_k, causal, window): square, fewer queries than keys, ragged, one query,
+    # not causal; and sliding windows shorter than a tile, a multiple of it, not a multiple, longer than n_q
+    (64, 64, 16, 16, True, None),
+    (40, 130, 16, 32, True, None),
+    (77, 77, 32, 16, True, None),
+    (70, 100, 16, 64, True, None),
+    (1, 77, 16, 32, True, None),
+    (90, 200, 32, 64, False, None),
+    (64, 64, 16, 16, True, 5),
+    (77, 77, 32, 16, True, 32),
+    (40, 130, 16, 32, True, 21),
+    (70, 100, 16, 64, True, 80),
 ]
 
 
 @pytest.mark.skipif(not flash_triton.interpreted(), reason="compiled kernels cannot be wrapped; see the test below")
-@pytest.mark.parametrize(("n_q", "n_k", "block_q", "block_k", "causal"), TILE_CASES)
-def test_kernels_visit_exactly_the_tiles_of_the_plan(monkeypatch, n_q, n_k, block_q, block_k, causal):
-    visits = recorded_visits(monkeypatch, n_q, n_k, block_q, block_k, causal)
-    expected = tiling.tile_plan(n_q, n_k, block_q, block_k, causal=causal)
-    # The forward pass and the dQ pass walk the key blocks of attnlib.tiling's plan: full ones unmasked, then the
-    # masked ones (causal diagonal, ragged end), in order; skipped ones never.
+@pytest.mark.parametrize(("n_q", "n_k", "block_q", "block_k", "causal", "window"), TILE_CASES)
+def test_kernels_visit_exactly_the_tiles_of_the_plan(monkeypatch, n_q, n_k, block_q, block_k, causal, window):
+    visits = recorded_visits(monkeypatch, n_q, n_k, block_q, block_k, causal, window)
+    expected = tiling.tile_plan(n_q, n_k, block_q, block_k, causal=causal, window=window)
+    # The forward pass and the dQ pass walk the key blocks of attnlib.tiling's plan, in order of the keys: the
+    # masked ones on the window's lower edge, the full ones unmasked, then the masked ones on the causal diagonal
+    # and at the ragged end; skipped ones never.
     for name in ("_forward_step", "_backward_dq_step"):
         np.testing.assert_array_equal(plan_of(visits[name], n_q, n_k, block_q, block_k), expected, err_msg=name)
         for program in {owned for owned, _, _ in visits[name]}:
-            walk = [(start, masked) for owned, start, masked in visits[name] if owned == program]
-            assert walk == sorted(walk, key=lambda visit: (visit[1], visit[0])), (name, program, walk)
-    # The dK/dV pass walks the same tiles from the keys' side, and masks exactly those the diagonal crosses.
+            walk = [start for owned, start, _ in visits[name] if owned == program]
+            assert walk == sorted(walk), (name, program, walk)
+    # The dK/dV pass walks the same tiles from the keys' side, and masks exactly those the diagonal or the window's
+    # edge crosses.
     transposed = plan_of(visits["_backward_dk_dv_step"], n_q, n_k, block_q, block_k, by_key_block=True)
     np.testing.assert_array_equal(transposed != tiling.SKIPPED, expected != tiling.SKIPPED)
-    diagonal = diagonal_of_whole_key_blocks(n_q, n_k, block_q, block_k, causal)
+    diagonal = diagonal_of_whole_key_blocks(n_q, n_k, block_q, block_k, causal, window)
     np.testing.assert_array_equal(transposed == tiling.MASKED, diagonal & (expected != tiling.SKIPPED))
 
 

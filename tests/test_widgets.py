@@ -21,10 +21,15 @@ from attnlib.widgets import (
     ALL_HEADS,
     AddNormView,
     AttentionExplorer,
+    BlockTableView,
     ExamGrader,
     FeedForwardMemoryView,
     KVCacheView,
+    KVHeadsView,
     ModelView,
+    RingView,
+    RooflineView,
+    RopeView,
     TileStepper,
     _base,
 )
@@ -33,7 +38,8 @@ from attnlib.widgets.add_norm_view import WIRINGS
 from attnlib.widgets.kv_cache_view import expected_work
 
 ROUNDING = 5e-7  # figures store weights rounded to 6 decimals
-FIGURES = [AttentionExplorer, TileStepper, ExamGrader, KVCacheView, AddNormView, FeedForwardMemoryView, ModelView]
+FIGURES = [AttentionExplorer, TileStepper, ExamGrader, KVCacheView, AddNormView, FeedForwardMemoryView, ModelView,
+           RooflineView, RopeView, KVHeadsView, RingView, BlockTableView]
 
 
 @pytest.mark.parametrize("figure", FIGURES)

@@ -13,6 +13,7 @@ from .flash_attention import (
     flash_step,
 )
 from .kv_cache import KVCache, LayerCache
+from .latent import LatentCache, MultiHeadLatentAttention
 from .layernorm import LayerNorm
 from .model import TransformerLM
 from .multihead import MultiHeadAttention
@@ -24,8 +25,17 @@ from .online_softmax import (
     rescale_factor,
     three_pass_softmax,
 )
+from .paged_cache import OutOfBlocksError, PagedKVCache
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_angles, sinusoidal_positions
+from .serving import Request, ServingTrace, serve
 from .softmax import softmax
+from .split_kv import (
+    PartialAttention,
+    merge_partials,
+    paged_attention,
+    split_kv_attention,
+    split_kv_partials,
+)
 
 __all__ = [
     "softmax", "attention", "causal_mask", "MultiHeadAttention", "FeedForward", "relu", "gelu", "gelu_tanh",
@@ -34,4 +44,7 @@ __all__ = [
     "flash_attention", "flash_attention_backward", "flash_step",
     "apply_rope", "rope_angles", "sinusoidal_positions", "alibi_slopes", "alibi_bias",
     "flash_attention_steps", "FlashTrace", "FlashStep",
+    "split_kv_attention", "split_kv_partials", "merge_partials", "PartialAttention",
+    "MultiHeadLatentAttention", "LatentCache",
+    "PagedKVCache", "OutOfBlocksError", "serve", "Request", "ServingTrace", "paged_attention",
 ]

@@ -6,11 +6,19 @@ sum ``l`` and the unnormalised output ``acc`` in registers. Nothing of size n_q 
 
 Two Python entry points, used by ``attnlib.torch.flash_attention(..., backend="triton")``:
 
-* ``forward(q, k, v, causal, scale) -> (output, lse)``
-* ``backward(q, k, v, output, lse, grad_output, causal, scale) -> (dq, dk, dv)``
+* ``forward(q, k, v, causal, scale, window=None) -> (output, lse)``
+* ``backward(q, k, v, output, lse, grad_output, causal, scale, window=None) -> (dq, dk, dv)``
 
-q is (B, H, n_q, d), k and v are (B, H, n_k, d); any number of leading dimensions works as long as q, k and v
-share them. ``lse`` is float32 (B, H, n_q): the natural-log logsumexp of each row of scaled scores.
+q is (B, H, n_q, d), k and v are (B, H_kv, n_k, d) with H a multiple of H_kv; any number of leading dimensions
+works as long as q, k and v share them. ``lse`` is float32 (B, H, n_q): the natural-log logsumexp of each row of
+scaled scores.
+
+Grouped-query attention costs no copies: the program of query head h reads key/value head h // group, with
+group = H // H_kv. Because the (batch, head) pairs are numbered b * H + h, that is simply ``batch_head // group``.
+A sliding ``window`` (causal only) moves where a program's walk over the keys starts: key blocks wholly before the
+window of its first query are never loaded, the blocks crossing the window's lower edge are masked like the ones
+on the diagonal. The split into skipped, masked and full tiles uses the same four bounds as ``attnlib.tiling``:
+``start_k``, ``start_full``, ``end_full`` and ``end_k``.
 
 On a CUDA device the kernels are compiled. Without one they run under Triton's interpreter, which executes the
 same kernel source with NumPy on the CPU -- slowly, but exactly enough to test it -- provided the environment
@@ -66,8 +74,15 @@ def interpreted() -> bool:
 
 
 @triton.jit
+def _in_window(position, key, window):
+    """True where the query at absolute ``position`` sees ``key``: causal (bottom-right aligned) and among its
+    ``window`` most recent keys. Plain causal attention is the window of n_k keys, which hides nothing more."""
+    return (key <= position) & (key > position - window)
+
+
+@triton.jit
 def _forward_step(
-    q, m, l, acc, K, V, stride_k_n, stride_v_n, start_k, offs_q, n_k, offset, qk_scale,
+    q, m, l, acc, K, V, stride_k_n, stride_v_n, start_k, offs_q, n_k, offset, window, qk_scale,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -86,10 +101,11 @@ def _forward_step(
     # Scores in base 2: qk_scale = scale * log2(e) was folded in once, so exp2 below equals exp of the real scores.
     s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * qk_scale  # (block_q, block_k)
     if MASKED:
-        # Only blocks on the causal diagonal or at the ragged end get here; every other block skips this work.
+        # Only blocks on the causal diagonal, on the window's lower edge or at the ragged end get here; every other
+        # block skips this work.
         visible = offs_k[None, :] < n_k
         if CAUSAL:
-            visible = visible & (offs_k[None, :] <= offs_q[:, None] + offset)  # bottom-right aligned
+            visible = visible & _in_window(offs_q[:, None] + offset, offs_k[None, :], window)
         s = tl.where(visible, s, float("-inf"))  # -inf: exactly zero probability after exp2
 
     # Online softmax: a larger maximum shrinks everything summed so far by rescale = 2^(m_old - m_new).
@@ -109,7 +125,7 @@ def _forward_step(
 def _forward_kernel(
     Q, K, V, Out, Lse,
     stride_q_bh, stride_q_n, stride_k_bh, stride_k_n, stride_v_bh, stride_v_n, stride_o_bh, stride_o_n,
-    n_q, n_k, qk_scale,
+    n_q, n_k, group, window, qk_scale,
     CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -117,8 +133,8 @@ def _forward_kernel(
     start_q = tl.program_id(0) * BLOCK_Q
     batch_head = tl.program_id(1).to(tl.int64)  # int64: batch_head * stride can pass 2^31 on big inputs
     Q += batch_head * stride_q_bh
-    K += batch_head * stride_k_bh
-    V += batch_head * stride_v_bh
+    K += (batch_head // group) * stride_k_bh  # the key/value head this query head shares with its group
+    V += (batch_head // group) * stride_v_bh
     Out += batch_head * stride_o_bh
     Lse += batch_head * n_q
 
@@ -133,32 +149,47 @@ def _forward_kernel(
     acc = tl.zeros([BLOCK_Q, HEAD_DIM], dtype=tl.float32)  # running sum of exp2(score - m) * v
 
     # Which keys does this block need? Causal attention is aligned bottom-right: query i sits at absolute
-    # position i + offset and sees keys j <= i + offset.
+    # position p = i + offset and sees keys p - window < j <= p.
     offset = n_k - n_q
+    last_q = tl.minimum(start_q + BLOCK_Q, n_q) - 1  # the block's last real query
     if CAUSAL:
+        start_k = tl.maximum(start_q + offset - window + 1, 0)  # the first key of the first query's window
+        start_full = tl.maximum(last_q + offset - window + 1, 0)  # the first key of the last query's window
         end_full = tl.minimum(start_q + offset + 1, n_k)  # keys that even the block's first query sees
-        end_k = tl.minimum(tl.minimum(start_q + BLOCK_Q, n_q) + offset, n_k)  # keys its last query sees
+        end_k = tl.minimum(last_q + offset + 1, n_k)  # keys its last query sees
     else:
+        start_k = 0
+        start_full = 0
         end_full = n_k
         end_k = n_k
+    start_k = (start_k // BLOCK_K) * BLOCK_K  # the block holding it; earlier blocks are never loaded
+    start_full = tl.cdiv(start_full, BLOCK_K) * BLOCK_K  # whole blocks only: one starting earlier needs a mask
     end_full = (end_full // BLOCK_K) * BLOCK_K  # whole blocks only; a ragged remainder needs masking
 
-    # 1) Blocks that every query sees in full: no mask at all. This is where almost all the time goes.
-    for start_k in range(0, end_full, BLOCK_K):
+    # 1) The blocks on the window's lower edge (only with a window): masked.
+    for k_start in range(start_k, tl.minimum(start_full, end_k), BLOCK_K):
         m, l, acc = _forward_step(
-            q, m, l, acc, K, V, stride_k_n, stride_v_n, start_k, offs_q, n_k, offset, qk_scale,
+            q, m, l, acc, K, V, stride_k_n, stride_v_n, k_start, offs_q, n_k, offset, window, qk_scale,
+            CAUSAL, True, HEAD_DIM, BLOCK_K, PRECISION,
+        )
+    # 2) Blocks that every query sees in full: no mask at all. This is where almost all the time goes.
+    for k_start in range(start_full, end_full, BLOCK_K):
+        m, l, acc = _forward_step(
+            q, m, l, acc, K, V, stride_k_n, stride_v_n, k_start, offs_q, n_k, offset, window, qk_scale,
             CAUSAL, False, HEAD_DIM, BLOCK_K, PRECISION,
         )
-    # 2) The diagonal blocks (causal) and the ragged last block: masked. Blocks past end_k are never visited.
-    for start_k in range(end_full, end_k, BLOCK_K):
+    # 3) The diagonal blocks (causal) and the ragged last block: masked. Blocks past end_k are never visited.
+    for k_start in range(tl.maximum(start_full, end_full), end_k, BLOCK_K):
         m, l, acc = _forward_step(
-            q, m, l, acc, K, V, stride_k_n, stride_v_n, start_k, offs_q, n_k, offset, qk_scale,
+            q, m, l, acc, K, V, stride_k_n, stride_v_n, k_start, offs_q, n_k, offset, window, qk_scale,
             CAUSAL, True, HEAD_DIM, BLOCK_K, PRECISION,
         )
 
     # Normalise once at the end instead of at every step, and keep the logsumexp for the backward pass. A row with
-    # l = 0 (every score -inf) is written as zeros with lse = -inf; the Python wrapper reports it.
-    acc = acc / tl.where(l > 0, l, 1.0)[:, None]
+    # l = 0 (every score -inf) has m = -inf too: it is written as zeros with lse = -inf, and the Python wrapper
+    # reports it. (Padding rows past n_q can have l = 0 as well; they are never stored.)
+    l = tl.where(l > 0, l, 1.0)
+    acc = acc / l[:, None]
     lse = (m + tl.log2(l)) * 0.6931471805599453  # ln(2): back from base 2 to the natural log
     in_range = offs_q < n_q
     tl.store(Out + offs_q[:, None] * stride_o_n + offs_d[None, :], acc.to(Out.dtype.element_ty), mask=in_range[:, None])
@@ -191,8 +222,8 @@ def _backward_preprocess_kernel(
 
 @triton.jit
 def _backward_dk_dv_step(
-    dk, dv, k, v, Q, dOut, Lse, Delta, stride_q_n, stride_do_n, start_q, offs_k, n_q, offset, qk_scale,
-    ON_DIAGONAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, PRECISION: tl.constexpr,
+    dk, dv, k, v, Q, dOut, Lse, Delta, stride_q_n, stride_do_n, start_q, offs_k, n_q, offset, window, qk_scale,
+    MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, PRECISION: tl.constexpr,
 ):
     """Add one block of queries' contribution to dk and dv of one block of keys."""
     offs_q = start_q + tl.arange(0, BLOCK_Q)
@@ -208,8 +239,8 @@ def _backward_dk_dv_step(
     # Work with the transpose (keys along rows) so that P^T and dS^T multiply straight into dv and dk.
     s_t = tl.dot(k, tl.trans(q), input_precision=PRECISION) * qk_scale  # (block_k, block_q), base 2
     p_t = tl.exp2(s_t - lse[None, :])  # (block_k, block_q)
-    if ON_DIAGONAL:
-        p_t = tl.where(offs_k[:, None] <= offs_q[None, :] + offset, p_t, 0.0)  # key j is in query i's future
+    if MASKED:  # the diagonal or the window's lower edge crosses this tile: hide the keys a query does not see
+        p_t = tl.where(_in_window(offs_q[None, :] + offset, offs_k[:, None], window), p_t, 0.0)
     dv = tl.dot(p_t.to(do.dtype), do, dv, input_precision=PRECISION)  # dV += P^T dO
 
     # dS = P * (dP - delta), the softmax backward, with dP = dO V^T (transposed here: V dO^T).
@@ -224,21 +255,18 @@ def _backward_dk_dv_kernel(
     Q, K, V, dOut, Lse, Delta, dK, dV,
     stride_q_bh, stride_q_n, stride_k_bh, stride_k_n, stride_v_bh, stride_v_n, stride_do_bh, stride_do_n,
     stride_dk_bh, stride_dk_n, stride_dv_bh, stride_dv_n,
-    n_q, n_k, qk_scale, scale,
+    n_q, n_k, group, window, qk_scale, scale,
     CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
-    """One program = one block of ``BLOCK_K`` keys: it owns their dk and dv, so no two programs write the same row."""
+    """One program = one block of ``BLOCK_K`` keys of one key/value head: it owns their dk and dv, so no two
+    programs write the same row. With grouped heads it walks the queries of every head of its group in turn."""
     start_k = tl.program_id(0) * BLOCK_K
-    batch_head = tl.program_id(1).to(tl.int64)
-    Q += batch_head * stride_q_bh
-    K += batch_head * stride_k_bh
-    V += batch_head * stride_v_bh
-    dOut += batch_head * stride_do_bh
-    dK += batch_head * stride_dk_bh
-    dV += batch_head * stride_dv_bh
-    Lse += batch_head * n_q
-    Delta += batch_head * n_q
+    kv_head = tl.program_id(1).to(tl.int64)  # (batch, key/value head) pair
+    K += kv_head * stride_k_bh
+    V += kv_head * stride_v_bh
+    dK += kv_head * stride_dk_bh
+    dV += kv_head * stride_dv_bh
 
     offs_k = start_k + tl.arange(0, BLOCK_K)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -248,29 +276,49 @@ def _backward_dk_dv_kernel(
     dk = tl.zeros([BLOCK_K, HEAD_DIM], dtype=tl.float32)
     dv = tl.zeros([BLOCK_K, HEAD_DIM], dtype=tl.float32)
 
-    # Which queries see these keys? Query i sees key j when j <= i + offset, i.e. i >= j - offset.
+    # Which queries see these keys? Query i (position p = i + offset) sees key j when p - window < j <= p.
     offset = n_k - n_q
     if CAUSAL:
         # Earlier query blocks see none of these keys: start at the block holding the first query that does.
         start_q = (tl.maximum(start_k - offset, 0) // BLOCK_Q) * BLOCK_Q
-        # From this query on, every query sees the whole key block: the causal mask is no longer needed.
+        # From this query on, every query sees the block's last key: the diagonal no longer crosses it.
         full_q = tl.cdiv(tl.maximum(start_k + BLOCK_K - 1 - offset, 0), BLOCK_Q) * BLOCK_Q
+        # From this query on, the block's first key has left the window (whole query blocks only; rows past n_q
+        # are not real, so a block that reaches n_q counts as full).
+        end_full_q = tl.maximum(start_k + window - offset, 0)
+        end_full_q = tl.where(end_full_q >= n_q, n_q, (end_full_q // BLOCK_Q) * BLOCK_Q)
+        # From this query on, the block's last key has left the window too: none of these keys is seen.
+        end_q = tl.minimum(start_k + BLOCK_K - 1 + window - offset, n_q)
     else:
         start_q = 0
         full_q = 0
+        end_full_q = n_q
+        end_q = n_q
 
-    # 1) Query blocks that cross the causal diagonal of this key block: masked.
-    for block_start in range(start_q, tl.minimum(full_q, n_q), BLOCK_Q):
-        dk, dv = _backward_dk_dv_step(
-            dk, dv, k, v, Q, dOut, Lse, Delta, stride_q_n, stride_do_n, block_start, offs_k, n_q, offset, qk_scale,
-            True, HEAD_DIM, BLOCK_Q, PRECISION,
-        )
-    # 2) Query blocks that see every key of this block: no mask.
-    for block_start in range(full_q, n_q, BLOCK_Q):
-        dk, dv = _backward_dk_dv_step(
-            dk, dv, k, v, Q, dOut, Lse, Delta, stride_q_n, stride_do_n, block_start, offs_k, n_q, offset, qk_scale,
-            False, HEAD_DIM, BLOCK_Q, PRECISION,
-        )
+    for member in range(0, group):  # the query heads that share this key/value head
+        q_head = kv_head * group + member
+        Q_head = Q + q_head * stride_q_bh
+        dOut_head = dOut + q_head * stride_do_bh
+        Lse_head = Lse + q_head * n_q
+        Delta_head = Delta + q_head * n_q
+        # 1) Query blocks that the causal diagonal of this key block crosses: masked.
+        for block_start in range(start_q, tl.minimum(full_q, end_q), BLOCK_Q):
+            dk, dv = _backward_dk_dv_step(
+                dk, dv, k, v, Q_head, dOut_head, Lse_head, Delta_head, stride_q_n, stride_do_n, block_start, offs_k,
+                n_q, offset, window, qk_scale, True, HEAD_DIM, BLOCK_Q, PRECISION,
+            )
+        # 2) Query blocks that see every key of this block: no mask.
+        for block_start in range(full_q, end_full_q, BLOCK_Q):
+            dk, dv = _backward_dk_dv_step(
+                dk, dv, k, v, Q_head, dOut_head, Lse_head, Delta_head, stride_q_n, stride_do_n, block_start, offs_k,
+                n_q, offset, window, qk_scale, False, HEAD_DIM, BLOCK_Q, PRECISION,
+            )
+        # 3) Query blocks that the window's lower edge crosses (only with a window): masked.
+        for block_start in range(tl.maximum(full_q, end_full_q), end_q, BLOCK_Q):
+            dk, dv = _backward_dk_dv_step(
+                dk, dv, k, v, Q_head, dOut_head, Lse_head, Delta_head, stride_q_n, stride_do_n, block_start, offs_k,
+                n_q, offset, window, qk_scale, True, HEAD_DIM, BLOCK_Q, PRECISION,
+            )
 
     dk = dk * scale  # s = scale * q k^T, so dL/dk = scale * dS^T q
     tl.store(dK + offs_k[:, None] * stride_dk_n + offs_d[None, :], dk.to(dK.dtype.element_ty), mask=in_range)
@@ -279,7 +327,7 @@ def _backward_dk_dv_kernel(
 
 @triton.jit
 def _backward_dq_step(
-    dq, q, do, lse, delta, K, V, stride_k_n, stride_v_n, start_k, offs_q, n_k, offset, qk_scale,
+    dq, q, do, lse, delta, K, V, stride_k_n, stride_v_n, start_k, offs_q, n_k, offset, window, qk_scale,
     CAUSAL: tl.constexpr, MASKED: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -300,7 +348,7 @@ def _backward_dq_step(
     if MASKED:
         visible = offs_k[None, :] < n_k
         if CAUSAL:
-            visible = visible & (offs_k[None, :] <= offs_q[:, None] + offset)
+            visible = visible & _in_window(offs_q[:, None] + offset, offs_k[None, :], window)
         p = tl.where(visible, p, 0.0)
     dp = tl.dot(do, tl.trans(v), input_precision=PRECISION)  # (block_q, block_k): dP = dO V^T
     ds = p * (dp - delta[:, None])  # softmax backward
@@ -313,7 +361,7 @@ def _backward_dq_kernel(
     Q, K, V, dOut, Lse, Delta, dQ,
     stride_q_bh, stride_q_n, stride_k_bh, stride_k_n, stride_v_bh, stride_v_n, stride_do_bh, stride_do_n,
     stride_dq_bh, stride_dq_n,
-    n_q, n_k, qk_scale, scale,
+    n_q, n_k, group, window, qk_scale, scale,
     CAUSAL: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_K: tl.constexpr,
     PRECISION: tl.constexpr,
 ):
@@ -321,8 +369,8 @@ def _backward_dq_kernel(
     start_q = tl.program_id(0) * BLOCK_Q
     batch_head = tl.program_id(1).to(tl.int64)
     Q += batch_head * stride_q_bh
-    K += batch_head * stride_k_bh
-    V += batch_head * stride_v_bh
+    K += (batch_head // group) * stride_k_bh  # the key/value head this query head shares with its group
+    V += (batch_head // group) * stride_v_bh
     dOut += batch_head * stride_do_bh
     dQ += batch_head * stride_dq_bh
     Lse += batch_head * n_q
@@ -338,22 +386,34 @@ def _backward_dq_kernel(
     dq = tl.zeros([BLOCK_Q, HEAD_DIM], dtype=tl.float32)
 
     offset = n_k - n_q
+    last_q = tl.minimum(start_q + BLOCK_Q, n_q) - 1
     if CAUSAL:
+        start_k = tl.maximum(start_q + offset - window + 1, 0)
+        start_full = tl.maximum(last_q + offset - window + 1, 0)
         end_full = tl.minimum(start_q + offset + 1, n_k)
-        end_k = tl.minimum(tl.minimum(start_q + BLOCK_Q, n_q) + offset, n_k)
+        end_k = tl.minimum(last_q + offset + 1, n_k)
     else:
+        start_k = 0
+        start_full = 0
         end_full = n_k
         end_k = n_k
+    start_k = (start_k // BLOCK_K) * BLOCK_K
+    start_full = tl.cdiv(start_full, BLOCK_K) * BLOCK_K
     end_full = (end_full // BLOCK_K) * BLOCK_K
 
-    for start_k in range(0, end_full, BLOCK_K):
+    for k_start in range(start_k, tl.minimum(start_full, end_k), BLOCK_K):  # the window's lower edge: masked
         dq = _backward_dq_step(
-            dq, q, do, lse, delta, K, V, stride_k_n, stride_v_n, start_k, offs_q, n_k, offset, qk_scale,
+            dq, q, do, lse, delta, K, V, stride_k_n, stride_v_n, k_start, offs_q, n_k, offset, window, qk_scale,
+            CAUSAL, True, HEAD_DIM, BLOCK_K, PRECISION,
+        )
+    for k_start in range(start_full, end_full, BLOCK_K):  # seen in full: no mask
+        dq = _backward_dq_step(
+            dq, q, do, lse, delta, K, V, stride_k_n, stride_v_n, k_start, offs_q, n_k, offset, window, qk_scale,
             CAUSAL, False, HEAD_DIM, BLOCK_K, PRECISION,
         )
-    for start_k in range(end_full, end_k, BLOCK_K):
+    for k_start in range(tl.maximum(start_full, end_full), end_k, BLOCK_K):  # the diagonal, the ragged end: masked
         dq = _backward_dq_step(
-            dq, q, do, lse, delta, K, V, stride_k_n, stride_v_n, start_k, offs_q, n_k, offset, qk_scale,
+            dq, q, do, lse, delta, K, V, stride_k_n, stride_v_n, k_start, offs_q, n_k, offset, window, qk_scale,
             CAUSAL, True, HEAD_DIM, BLOCK_K, PRECISION,
         )
 
@@ -367,9 +427,9 @@ def _backward_dq_kernel(
 
 # Under the interpreter the block sizes only change how many NumPy calls run, so one small configuration is used
 # (the autotuner's benchmarking loop does not work there). Compiled, the autotuner times a handful of
-# configurations the first time it meets a new (n_q, n_k, head dim, causal) and keeps the fastest.
+# configurations the first time it meets a new (n_q, n_k, head dim, causal, window) and keeps the fastest.
 INTERPRETER_BLOCKS = {"BLOCK_Q": 32, "BLOCK_K": 32}
-_TUNING_KEY = ["n_q", "n_k", "HEAD_DIM", "CAUSAL"]
+_TUNING_KEY = ["n_q", "n_k", "HEAD_DIM", "CAUSAL", "window"]
 
 
 def _configs(blocks):
@@ -464,15 +524,33 @@ def _flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(-1, x.shape[-2], x.shape[-1]).contiguous()
 
 
-def forward(q, k, v, causal: bool, scale: float, *, block_q: int | None = None, block_k: int | None = None):
+def _group(q, k, v) -> int:
+    """How many query heads share each key/value head (dimension -3); the arguments come checked, so assert."""
+    assert q.dtype == k.dtype == v.dtype and k.shape[:-1] == v.shape[:-1], "unchecked arguments"
+    if q.ndim < 3:
+        assert q.shape[:-2] == k.shape[:-2], "unchecked arguments"
+        return 1
+    assert q.shape[:-3] == k.shape[:-3] and q.shape[-3] % k.shape[-3] == 0, "unchecked arguments"
+    return q.shape[-3] // k.shape[-3]
+
+
+def _window(causal: bool, window: int | None, n_k: int) -> int:
+    """The window the kernels compute with: causal attention without one is the window of all n_k keys."""
+    return n_k if window is None or not causal else min(window, n_k)
+
+
+def forward(
+    q, k, v, causal: bool, scale: float, *, window: int | None = None, block_q: int | None = None,
+    block_k: int | None = None,
+):
     """softmax(q k^T * scale) v without materialising the scores -> (output like q, lse float32 (..., n_q)).
 
     ``block_q``/``block_k`` fix the tile sizes (powers of two >= 16); by default the interpreter uses 32 x 32 and
-    a GPU uses the autotuned choice. q, k, v (..., n, d) share their leading dimensions and were checked by
-    ``attnlib.torch.flash_attention`` (with ``check_supported``).
+    a GPU uses the autotuned choice. q (..., H, n_q, d), k and v (..., H_kv, n_k, d) share their other leading
+    dimensions, H is a multiple of H_kv, and they were checked by ``attnlib.torch.flash_attention`` (with
+    ``check_supported``). ``window`` (causal only): each query sees its ``window`` most recent keys.
     """
-    # The arguments come checked from attnlib.torch.flash_attention (check_supported): assert, don't re-validate.
-    assert q.shape[:-2] == k.shape[:-2] == v.shape[:-2] and q.dtype == k.dtype == v.dtype, "unchecked arguments"
+    group = _group(q, k, v)
     q3, k3, v3 = _flat(q), _flat(k), _flat(v)
     batch_heads, n_q, head_dim = q3.shape
     n_k = k3.shape[1]
@@ -485,21 +563,26 @@ def forward(q, k, v, causal: bool, scale: float, *, block_q: int | None = None, 
         q3, k3, v3, output, lse,
         q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
         output.stride(0), output.stride(1),
-        n_q, n_k, scale * LOG2E,
+        n_q, n_k, group, _window(causal, window, n_k), scale * LOG2E,
         CAUSAL=causal, HEAD_DIM=head_dim, PRECISION=_precision(q3.dtype), **meta,
     )
     return output.reshape(q.shape), lse.reshape(q.shape[:-1])
 
 
 def backward(
-    q, k, v, output, lse, grad_output, causal: bool, scale: float, *,
+    q, k, v, output, lse, grad_output, causal: bool, scale: float, *, window: int | None = None,
     block_q: int | None = None, block_k: int | None = None,
 ):
-    """Gradients (dq, dk, dv) of the attention whose ``forward`` returned ``output`` and ``lse``."""
+    """Gradients (dq, dk, dv) of the attention whose ``forward`` returned ``output`` and ``lse``.
+
+    With grouped heads, dk and dv of a key/value head sum over the query heads of its group (no atomics: one
+    program owns a block of keys and walks every query head of the group)."""
     assert output.shape == grad_output.shape == q.shape and lse.shape == q.shape[:-1], "unchecked arguments"
+    group = _group(q, k, v)
     q3, k3, v3 = _flat(q), _flat(k), _flat(v)
     batch_heads, n_q, head_dim = q3.shape
     n_k = k3.shape[1]
+    window = _window(causal, window, n_k)
     o3 = output.reshape(batch_heads, n_q, head_dim).contiguous()  # (batch_head, n_q, d)
     do3 = grad_output.to(q.dtype).reshape(batch_heads, n_q, head_dim).contiguous()  # (batch_head, n_q, d)
     lse2 = lse.float().reshape(batch_heads, n_q).contiguous()  # (batch_head, n_q)
@@ -516,12 +599,12 @@ def backward(
     # Pass 1: one program per key block writes dk and dv. Pass 2: one program per query block writes dq.
     # Splitting them means every program owns its output rows: no atomics, no races.
     kernel, meta = _kernel("dk_dv", _backward_dk_dv_kernel, _DK_DV_BLOCKS, block_q, block_k)
-    grid = lambda chosen: (triton.cdiv(n_k, chosen["BLOCK_K"]), batch_heads)  # noqa: E731
+    grid = lambda chosen: (triton.cdiv(n_k, chosen["BLOCK_K"]), batch_heads // group)  # noqa: E731
     kernel[grid](
         q3, k3, v3, do3, lse2, delta, dk, dv,
         q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
         do3.stride(0), do3.stride(1), dk.stride(0), dk.stride(1), dv.stride(0), dv.stride(1),
-        n_q, n_k, scale * LOG2E, scale,
+        n_q, n_k, group, window, scale * LOG2E, scale,
         CAUSAL=causal, HEAD_DIM=head_dim, PRECISION=precision, **meta,
     )
     kernel, meta = _kernel("dq", _backward_dq_kernel, _DQ_BLOCKS, block_q, block_k)
@@ -530,7 +613,7 @@ def backward(
         q3, k3, v3, do3, lse2, delta, dq,
         q3.stride(0), q3.stride(1), k3.stride(0), k3.stride(1), v3.stride(0), v3.stride(1),
         do3.stride(0), do3.stride(1), dq.stride(0), dq.stride(1),
-        n_q, n_k, scale * LOG2E, scale,
+        n_q, n_k, group, window, scale * LOG2E, scale,
         CAUSAL=causal, HEAD_DIM=head_dim, PRECISION=precision, **meta,
     )
     return dq.reshape(q.shape), dk.reshape(k.shape), dv.reshape(v.shape)

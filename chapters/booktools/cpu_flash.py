@@ -47,7 +47,7 @@ def plot(report: dict, *, methods=None):
 
     methods = list(report["methods"] if methods is None else methods)
     n = [result["n"] for result in report["results"]]
-    fig, (ax_time, ax_memory) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (ax_time, ax_memory) = plt.subplots(1, 2, figsize=(9.5, 4))
     for method in methods:
         seconds = [result["time"][method]["median_s"] for result in report["results"]]
         ax_time.plot(n, [s * 1e3 for s in seconds], STYLES.get(method, "o-"), label=LABELS.get(method, method))

@@ -1,8 +1,16 @@
-"""The chapters' matplotlib helpers: one way to draw a matrix of attention weights (or any small labelled table)."""
+"""The chapters' matplotlib helpers: one way to draw a matrix of attention weights (or any small labelled table), the
+width a figure may have to be shown at full size, and one tick format for colour bars."""
 
 from __future__ import annotations
 
 import numpy as np
+
+# The widest figure that is shown at its full size: the book's content column is about 684 px wide at a laptop's
+# window, and a matplotlib SVG measures 96 px per inch of figsize. A wider figure is scaled down, its text with it.
+COLUMN_INCHES = 7.0
+
+# One tick format for every colour bar of attention weights (and other numbers between 0 and 1).
+COLORBAR_FORMAT = "{x:.2f}"
 
 
 def _relative_luminance(rgba) -> float:
@@ -54,5 +62,5 @@ def heatmap(ax, values, rows, columns, *, title: str | None = None, xlabel: str 
     if title:
         ax.set_title(title)
     if colorbar:
-        ax.figure.colorbar(image, ax=ax, fraction=0.04, label=colorbar)
+        ax.figure.colorbar(image, ax=ax, fraction=0.04, label=colorbar, format=COLORBAR_FORMAT)
     return image

@@ -6,17 +6,42 @@ import { html, mount, share, svg, textColourOn, toggle, VIRIDIS, viridis } from 
 
 const ALL_HEADS = -1;
 const NO_QUERY = -1;
+// Room for the drawings of one row (heatmaps and colour bar): the book's content column is about 680 px wide at a
+// laptop's window. Small multiples are laid out in as many columns as gives each map the largest cells.
+const ROW_BUDGET = 600;
+const COLORBAR_WIDTH = 72;
+const MULTIPLES_GAP = 12; // .attnlib-multiples' gap
+const OUTPUT_BAR = 160; // the bar of the largest |output|
 
 function formatWeight(w) {
   return w === 0 ? "0" : w.toFixed(4);
+}
+
+const labelFontSize = (cell) => Math.max(8, Math.min(13, cell * 0.8));
+const labelRoom = (texts, fontSize) => Math.ceil(Math.max(...texts.map((t) => t.length)) * fontSize * 0.62) + 8;
+
+// Cell size and number of columns for `count` maps of nQ x nK cells, labelled, inside the row budget: the layout
+// with the largest cells wins (four heads of ten tokens: two by two, not four in a row).
+function multiplesLayout(count, queryLabels, keyLabels, { largest, smallest }) {
+  const n = Math.max(queryLabels.length, keyLabels.length);
+  let best = { cell: smallest, columns: count };
+  for (let columns = 1; columns <= count; columns++) {
+    const width = (ROW_BUDGET - COLORBAR_WIDTH - (columns - 1) * MULTIPLES_GAP) / columns;
+    let cell = largest;
+    while (cell > smallest && labelRoom(queryLabels, labelFontSize(cell)) + n * cell + 2 > width) cell -= 1;
+    const rows = Math.ceil(count / columns);
+    if (rows > 1 && rows * (labelRoom(keyLabels, labelFontSize(cell)) + n * cell + 30) > 900) continue;
+    if (cell > best.cell || (cell === best.cell && columns < best.columns)) best = { cell, columns };
+  }
+  return best;
 }
 
 // One heatmap: rows are queries, columns are keys. Returns the <svg>.
 function heatmap(matrix, queryLabels, keyLabels, { cell, labels, vmax }) {
   const nQ = queryLabels.length;
   const nK = keyLabels.length;
-  const fontSize = Math.max(8, Math.min(13, cell * 0.8));
-  const labelWidth = (texts) => Math.ceil(Math.max(...texts.map((t) => t.length)) * fontSize * 0.62) + 8;
+  const fontSize = labelFontSize(cell);
+  const labelWidth = (texts) => labelRoom(texts, fontSize);
   const left = labels ? labelWidth(queryLabels) : 2;
   const top = labels ? labelWidth(keyLabels) : 2;
   const width = left + nK * cell;
@@ -70,18 +95,22 @@ function heatmap(matrix, queryLabels, keyLabels, { cell, labels, vmax }) {
   return root;
 }
 
+const outputBarsWidth = (valueLabels, queryLabel) => Math.max(
+  Math.ceil(Math.max(...valueLabels.map((t) => t.length)) * 7) + 8 + OUTPUT_BAR + 60,
+  `output for “${queryLabel}” = Σ weight × value`.length * 7.2);
+
 // What one query gets back: its weighted sum of the values, one bar per output column. `limit` is the
 // largest |value| over every temperature, so the bars keep their scale while the reader changes it.
 function outputBars(output, valueLabels, limit, queryLabel) {
   const labelWidth = Math.ceil(Math.max(...valueLabels.map((t) => t.length)) * 7) + 8;
-  const barWidth = 160;
+  const barWidth = OUTPUT_BAR;
   const row = 20;
   const top = 22;
   const negative = output.some((x) => x < 0) || limit.negative;
   const zero = labelWidth + (negative ? barWidth / 2 : 0);
   const scale = (negative ? barWidth / 2 : barWidth) / (limit.size || 1);
   const heading = `output for “${queryLabel}” = Σ weight × value`;
-  const root = svg("svg", { width: Math.max(labelWidth + barWidth + 60, heading.length * 7.2),
+  const root = svg("svg", { width: outputBarsWidth(valueLabels, queryLabel),
     height: top + valueLabels.length * row + 4,
     class: "attnlib-output", role: "img", "aria-label": `output for ${queryLabel}` });
   root.dataset.role = "output";
@@ -118,7 +147,7 @@ function colorbar(vmax, height, top) {
     svg("line", { x1: 18, x2: 22, y1: y, y2: y, class: "attnlib-tick" }, root);
     const label = svg("text", { x: 24, y, "dominant-baseline": "middle", "font-size": 11,
       class: "attnlib-label" }, root);
-    label.textContent = formatWeight(vmax * fraction);
+    label.textContent = (vmax * fraction).toFixed(2); // the same tick format as the book's static figures
   }
   return root;
 }
@@ -201,8 +230,16 @@ function render({ model, el }) {
       ? "Hover a row of the heatmap, or click one to keep it, to see its weights and what it gets back."
       : "Hover a row of the heatmap to see where it looks; click a row to keep it.";
     const outputHolder = html("div", "attnlib-output-holder", body);
+    if (allOutputs.length) { // the same room with or without a query picked, so nothing jumps when it changes
+      outputHolder.style.minWidth = `${Math.max(...queryLabels.map((label) => outputBarsWidth(valueLabels, label)))}px`;
+      outputHolder.style.minHeight = `${22 + valueLabels.length * 20 + 4}px`;
+    }
 
     const drawn = [];
+    const sizes = head === ALL_HEADS
+      ? multiplesLayout(shown.length, queryLabels, keyLabels, { largest: 22, smallest: 8 })
+      : multiplesLayout(1, queryLabels, keyLabels, { largest: 32, smallest: 8 });
+    if (head === ALL_HEADS) gallery.style.gridTemplateColumns = `repeat(${sizes.columns}, max-content)`;
     shown.forEach((matrix, k) => {
       const headIndex = head === ALL_HEADS ? k : head;
       const holder = html("div", "attnlib-map", gallery);
@@ -212,11 +249,7 @@ function render({ model, el }) {
         caption.title = `show head ${k} alone`;
         caption.addEventListener("click", () => share(model, "head", k));
       }
-      const cell = head === ALL_HEADS
-        ? Math.max(3, Math.min(16, Math.floor(220 / n)))
-        : Math.max(8, Math.min(32, Math.floor(440 / n)));
-      const picture = heatmap(matrix, queryLabels, keyLabels,
-        { cell, labels: head !== ALL_HEADS || n <= 12, vmax });
+      const picture = heatmap(matrix, queryLabels, keyLabels, { cell: sizes.cell, labels: true, vmax });
       picture.dataset.role = "heatmap";
       picture.dataset.head = headIndex;
       holder.appendChild(picture);

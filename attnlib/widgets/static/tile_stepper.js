@@ -2,9 +2,45 @@
 // query row keeps only its running maximum m, running sum l and unnormalised output acc. Every step was
 // recorded by attnlib.numpy.flash_attention in Python; this file shows them one by one.
 
-import { formatNumber, html, mount, stepper, svg, table, viridis } from "./_shared.js";
+import { formatNumber, html, mount, stepper, svg, table, VIRIDIS, viridis } from "./_shared.js";
 
 const PLAY_INTERVAL_MS = 900;
+
+// Three kinds of cell without a score colour, told apart at a glance (and in grey): a masked score is a solid
+// mid grey, a skipped tile is hatched, a tile not reached yet is white.
+const MASKED = "#8f8f8f";
+const NOT_REACHED = "#fff";
+const HATCH_CSS = "repeating-linear-gradient(45deg, #fff 0 3px, #b5b5b5 3px 4px)";
+
+// The score range over the whole run, so a cell keeps its colour from step to step.
+function scoreRange(steps) {
+  let low = Infinity;
+  let high = -Infinity;
+  for (const step of steps) for (const row of step.scores) for (const s of row) {
+    if (s !== null) { low = Math.min(low, s); high = Math.max(high, s); }
+  }
+  return high > low ? { low, high } : { low, high: low + 1 };
+}
+
+// A horizontal colour scale under the grid: what a cell's colour says about its score.
+function scoreScale({ low, high }, width) {
+  const root = svg("svg", { width: width + 40, height: 34, class: "attnlib-colorbar", role: "img",
+    "aria-label": `score colours, from ${low.toFixed(2)} to ${high.toFixed(2)}` });
+  root.dataset.role = "score-scale";
+  const gradient = svg("linearGradient", { id: `attnlib-scores-${Math.random().toString(36).slice(2)}`,
+    x1: 0, y1: 0, x2: 1, y2: 0 }, svg("defs", {}, root));
+  VIRIDIS.forEach((colour, k) => {
+    svg("stop", { offset: k / (VIRIDIS.length - 1), "stop-color": colour }, gradient);
+  });
+  svg("rect", { x: 20, y: 2, width, height: 10, fill: `url(#${gradient.id})`, class: "attnlib-frame" }, root);
+  for (const fraction of [0, 0.5, 1]) {
+    const x = 20 + width * fraction;
+    svg("line", { x1: x, x2: x, y1: 12, y2: 16, class: "attnlib-tick" }, root);
+    svg("text", { x, y: 27, "text-anchor": "middle", "font-size": 10, class: "attnlib-label" }, root)
+      .textContent = (low + (high - low) * fraction).toFixed(2);
+  }
+  return root;
+}
 
 // The n_q x n_k score grid: tiles visited so far are coloured by their scores, the current one outlined.
 function scoreGrid(model, upTo) {
@@ -19,13 +55,12 @@ function scoreGrid(model, upTo) {
     class: "attnlib-score-grid", role: "img", "aria-label": "score matrix, tile by tile" });
   root.dataset.role = "score-grid";
 
-  // One colour scale for the whole run, so a cell keeps its colour from step to step.
-  let low = Infinity;
-  let high = -Infinity;
-  for (const step of steps) for (const row of step.scores) for (const s of row) {
-    if (s !== null) { low = Math.min(low, s); high = Math.max(high, s); }
-  }
-  const span = high > low ? high - low : 1;
+  const { low, high } = scoreRange(steps);
+  const span = high - low;
+  const hatch = svg("pattern", { id: `attnlib-hatch-${Math.random().toString(36).slice(2)}`,
+    patternUnits: "userSpaceOnUse", width: 4, height: 4, patternTransform: "rotate(45)" }, svg("defs", {}, root));
+  svg("rect", { width: 4, height: 4, fill: "#fff" }, hatch);
+  svg("line", { x1: 0, y1: 0, x2: 0, y2: 4, stroke: "#b5b5b5", "stroke-width": 1.5 }, hatch);
 
   for (let r = 0; r < nQ; r++) {
     svg("text", { x: margin - 4, y: margin + (r + 0.5) * cell, "text-anchor": "end", "dominant-baseline": "middle",
@@ -38,7 +73,7 @@ function scoreGrid(model, upTo) {
   const cells = svg("g", {}, root);
   for (let r = 0; r < nQ; r++) {
     for (let c = 0; c < nK; c++) {
-      svg("rect", { x: margin + c * cell, y: margin + r * cell, width: cell, height: cell, fill: "#fff",
+      svg("rect", { x: margin + c * cell, y: margin + r * cell, width: cell, height: cell, fill: NOT_REACHED,
         stroke: "#ddd", "stroke-width": 0.5, "data-r": r, "data-c": c }, cells);
     }
   }
@@ -50,7 +85,7 @@ function scoreGrid(model, upTo) {
   for (const [i, j] of model.get("skipped")) {
     for (let r = i * blockQ; r < Math.min(nQ, (i + 1) * blockQ); r++) {
       for (let c = j * blockK; c < Math.min(nK, (j + 1) * blockK); c++) {
-        paint(r, c, "#ececec", "skipped: every score in this tile is masked (causal), so it is never computed");
+        paint(r, c, `url(#${hatch.id})`, "skipped: every score in this tile is masked (causal), so it is never computed");
       }
     }
   }
@@ -59,7 +94,7 @@ function scoreGrid(model, upTo) {
     step.scores.forEach((row, a) => row.forEach((score, b) => {
       const r = step.q_range[0] + a;
       const c = step.k_range[0] + b;
-      if (score === null) paint(r, c, "#d5d5d5", `q${r}·k${c}: masked (−∞)`);
+      if (score === null) paint(r, c, MASKED, `q${r}·k${c}: masked (−∞)`);
       else paint(r, c, viridis((score - low) / span), `q${r}·k${c} × scale = ${formatNumber(score)}`);
     }));
   }
@@ -99,10 +134,13 @@ function render({ model, el }) {
     const body = html("div", "attnlib-body", root);
     const left = html("div", "attnlib-map", body);
     left.appendChild(scoreGrid(model, index));
+    left.appendChild(scoreScale(scoreRange(allSteps), 160));
     const legend = html("div", "attnlib-legend", left);
-    for (const [colour, text] of [["#d5d5d5", "masked (−∞)"], ["#ececec", "skipped tile"], ["#fff", "not reached yet"]]) {
+    legend.dataset.role = "legend";
+    for (const [background, text] of [[MASKED, "masked score (−∞)"], [HATCH_CSS, "skipped tile"],
+      [NOT_REACHED, "not reached yet"]]) {
       const item = html("span", "attnlib-legend-item", legend);
-      html("span", "attnlib-swatch", item).style.background = colour;
+      html("span", "attnlib-swatch", item).style.background = background;
       item.append(text);
     }
     const panel = html("div", "attnlib-panel", body);
@@ -126,11 +164,20 @@ function render({ model, el }) {
     });
     table(panel, ["row", "m before", "m after", "exp(m_old − m_new)", "l before", "l after"], stateRows)
       .dataset.role = "state";
-    html("div", "attnlib-note", panel, "acc after this tile (unnormalised output: acc · rescale + exp(s − m_new) v):");
-    const accHeader = ["row", ...step.acc[0].map((_, d) => `acc[${d}]`)];
-    table(panel, accHeader, step.acc.map((row, a) => [
-      `q${step.q_range[0] + a}`, ...row.map((x) => ({ text: formatNumber(x), className: "attnlib-acc" })),
-    ])).dataset.role = "acc";
+    // acc before this tile: what the previous tile of the same query block left (zeros before its first tile).
+    let before = null;
+    for (let s = index - 1; s >= 0 && before === null; s--) if (allSteps[s].i === step.i) before = allSteps[s].acc;
+    before ??= step.acc.map((row) => row.map(() => 0));
+    html("div", "attnlib-note", panel,
+      "acc before and after this tile (unnormalised output): after = before × exp(m_old − m_new) + Σ exp(s − m_new) v");
+    const accHeader = ["row", "", ...step.acc[0].map((_, d) => `acc[${d}]`)];
+    const accRows = [];
+    step.acc.forEach((row, a) => {
+      const name = `q${step.q_range[0] + a}`;
+      accRows.push([name, "before", ...before[a].map((x) => ({ text: formatNumber(x), className: "attnlib-acc-old" }))]);
+      accRows.push(["", "after", ...row.map((x) => ({ text: formatNumber(x), className: "attnlib-acc" }))]);
+    });
+    table(panel, accHeader, accRows).dataset.role = "acc";
 
     if (index === last) {
       const done = html("div", "attnlib-note", panel);
