@@ -288,10 +288,10 @@ def window(value, causal: bool):
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"window must be None or a positive integer (the number of most recent keys a query sees), "
+        raise TypeError(f"window must be a positive integer or None (the number of most recent keys a query sees), "
                         f"got {value!r} of type {type(value).__name__}")
     if value < 1:
-        raise ValueError(f"window must be a positive integer (a query always sees itself), got {value}")
+        raise ValueError(f"window must be a positive integer, got {value} (a query always sees itself)")
     if not causal:
         raise ValueError(f"window={value} needs causal=True: a sliding window keeps each query's {value} most recent "
                          "keys, itself included, and a bidirectional query has no 'most recent'")
@@ -421,19 +421,6 @@ def scores_underflowed(dtype, n_rows: int) -> OverflowError:
 # --------------------------------------------------------------------------------------------------------------
 # Sliding windows and grouped key/value heads (flash_attention and its kernel)
 # --------------------------------------------------------------------------------------------------------------
-
-
-def window_fits(window, causal: bool) -> int | None:
-    """None, or a positive int with ``causal`` on: each query sees its ``window`` most recent keys, itself included."""
-    if window is None:
-        return None
-    window = positive_int("window", window)
-    if not causal:
-        raise ValueError(
-            f"window={window} needs causal=True: a sliding window keeps the {window} most recent keys up to each "
-            "query's own position, which only causal attention defines"
-        )
-    return window
 
 
 def query_groups(q, k, v) -> int:

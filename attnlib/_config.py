@@ -193,8 +193,15 @@ class Configured:
         return config
 
     def config(self) -> dict:
-        """The constructor arguments that rebuild this architecture (in either namespace), as a plain dict."""
-        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self.Config)}
+        """The constructor arguments that rebuild this architecture (in either namespace), as a plain dict.
+
+        ``n_kv_heads`` equal to ``n_heads`` is given as None, its default: "as many key/value heads as query
+        heads" then keeps its meaning in a configuration whose ``n_heads`` is edited later.
+        """
+        values = {field.name: getattr(self, field.name) for field in dataclasses.fields(self.Config)}
+        if "n_kv_heads" in values and values["n_kv_heads"] == values["n_heads"]:
+            values["n_kv_heads"] = None
+        return values
 
 
 @dataclasses.dataclass(frozen=True)

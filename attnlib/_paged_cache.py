@@ -26,7 +26,11 @@ from . import _checks
 
 
 class OutOfBlocksError(MemoryError):
-    """The pool has too few free blocks for what was asked; nothing was allocated or written."""
+    """The pool has too few free blocks for what was asked; nothing was allocated or written.
+
+    Each namespace raises its own subclass (``attnlib.numpy.OutOfBlocksError``, ``attnlib.torch.OutOfBlocksError``);
+    catching this base class catches both.
+    """
 
 
 class PagedKVCache:
@@ -38,6 +42,8 @@ class PagedKVCache:
     """
 
     # Overridden per namespace.
+    out_of_blocks = OutOfBlocksError  # the error a full pool raises
+
     @staticmethod
     def _zeros(shape, dtype, device):
         raise NotImplementedError
@@ -187,7 +193,7 @@ class PagedKVCache:
         """
         needed = self.blocks_needed(seq, n_new)
         if needed > len(self._free):
-            raise OutOfBlocksError(
+            raise self.out_of_blocks(
                 f"sequence {seq} needs {needed} more block(s) of {self.block_size} positions to store {n_new} new "
                 f"position(s) after its {self._lengths[seq]}, but only {len(self._free)} of {self.n_blocks} blocks "
                 "are free: free a finished sequence or make the pool larger (nothing was changed)"

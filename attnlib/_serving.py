@@ -69,11 +69,13 @@ class _PagedLayer:
     """One layer's view of one sequence in a paged cache, shaped like a contiguous ``LayerCache`` for attention.
 
     The positions were reserved (for every layer) before the model call; ``_append`` writes this layer's keys and
-    values there and returns every position of the sequence, read through its block table.
+    values there and returns every position of the sequence, read through its block table. ``position`` is the
+    absolute position of the call's first new token, as a ``LayerCache`` reports it (RoPE turns by it).
     """
 
     def __init__(self, cache, seq: int, layer: int, start: int):
         self.cache, self.seq, self.layer, self.start = cache, seq, layer, start
+        self.position = start
 
     def _append(self, k, v):
         # k, v: (1, n_kv_heads, n_new, d_head) for the one sequence of this call
@@ -90,7 +92,8 @@ def _blocks_for(request_positions: int, block_size: int) -> int:
 def serve(model, requests, *, n_blocks: int, block_size: int, namespace):
     """Run ``requests`` through ``model`` with continuous batching over a paged cache; return a ServingTrace.
 
-    ``namespace`` supplies what differs between NumPy and torch: ``as_array``, ``cache_class``, ``device`` (the
+    ``namespace`` supplies what differs between NumPy and torch: ``as_array``, ``cache_class``, ``trace_class``,
+    ``device`` (the
     cache's device argument), ``on_model`` (ids -> on the model's device), ``argmax_last`` (logits -> the next id
     as a 1-element array), ``concatenate`` and ``no_grad`` (a context manager).
     """
@@ -123,7 +126,7 @@ def serve(model, requests, *, n_blocks: int, block_size: int, namespace):
         n_blocks, getattr(attention, "n_kv_heads", attention.n_heads), attention.d_head, block_size=block_size,
         n_layers=model.n_layers, dtype=model.dtype, **namespace.device(model),
     )
-    trace = ServingTrace(tokens=[prompt for prompt, *_ in checked], joined=[-1] * len(checked),
+    trace = namespace.trace_class(tokens=[prompt for prompt, *_ in checked], joined=[-1] * len(checked),
                          finished=[-1] * len(checked))
     # First come, first served: a request never overtakes one that arrived before it, even a smaller one.
     waiting = sorted(range(len(checked)), key=lambda r: (checked[r][2], r))

@@ -77,7 +77,7 @@ def tile_plan(n_q: int, n_k: int, block_q: int, block_k: int, *, causal: bool,
     n_q, n_k = _checks.positive_int("n_q", n_q), _checks.positive_int("n_k", n_k)
     block_q, block_k = _checks.positive_int("block_q", block_q), _checks.positive_int("block_k", block_k)
     causal = _checks.causal_fits(causal, n_q, n_k, f"n_q={n_q}, n_k={n_k}")
-    window = _checks.window_fits(window, causal)
+    window = _checks.window(window, causal)
     return _plan(n_q, n_k, block_q, block_k, causal, window)
 
 

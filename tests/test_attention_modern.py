@@ -170,7 +170,7 @@ BAD = [
     ("window zero", lambda: at.attention(_t(4, 3), _t(4, 3), _t(4, 3), causal=True, window=0), ValueError,
      r"window must be a positive integer.*got 0"),
     ("window float", lambda: anp.attention(_n(4, 3), _n(4, 3), _n(4, 3), causal=True, window=2.0), TypeError,
-     r"window must be None or a positive integer.*2.0"),
+     r"window must be a positive integer or None.*2.0"),
     ("window mask zero", lambda: anp.causal_mask(4, window=0), ValueError, r"window must be a positive integer"),
     ("bias -inf", lambda: at.attention(_t(4, 3), _t(4, 3), _t(4, 3), bias=torch.full((4, 4), float("-inf"),
                                                                                       dtype=torch.float64)),

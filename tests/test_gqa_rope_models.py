@@ -76,7 +76,9 @@ def test_as_many_kv_heads_as_query_heads_is_the_classic_layer():
     x = torch.randn(3, 6, 16, dtype=torch.float64)
     expected, _ = reference(x, x, x, need_weights=False)
     torch.testing.assert_close(explicit(x), expected, **DOUBLE)
-    assert at.MultiHeadAttention(16, 4, dtype=torch.float64).config()["n_kv_heads"] == 4
+    # "As many as the query heads" is written None, so it stays true if n_heads is edited in the configuration.
+    assert at.MultiHeadAttention(16, 4, n_kv_heads=4).config()["n_kv_heads"] is None
+    assert at.TransformerBlock(**{**at.TransformerBlock(16, 4, 32).config(), "n_heads": 8}).attention.n_kv_heads == 8
 
 
 def test_gradients_of_a_grouped_rope_layer_match_the_reference():
@@ -296,3 +298,16 @@ def test_config_round_trips_between_twins():
     assert anp.TransformerLM(**config).config() == config
     assert math.prod(anp.TransformerLM.from_twin(model).blocks[0].attention.w_k.shape) == 16 * 8
     assert attnlib.finite_checks()
+
+
+def test_value_norms_read_each_query_heads_shared_value_head():
+    module = _randomise(at.MultiHeadAttention(16, 4, n_kv_heads=2, dtype=torch.float64))
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    norms = module.value_norms(x)  # (2, 4, 5)
+    v = x @ module.w_v + module.b_v  # (2, 5, 8): two value heads of 4 features
+    for h in range(4):
+        g = h // 2  # query heads 0, 1 read value head 0; heads 2, 3 read value head 1
+        by_hand = (v[..., 4 * g:4 * g + 4] @ module.w_o[4 * h:4 * h + 4]).norm(dim=-1)
+        torch.testing.assert_close(norms[:, h], by_hand, **DOUBLE)
+    twin = anp.MultiHeadAttention.from_twin(module)
+    np.testing.assert_allclose(twin.value_norms(x.numpy()), norms.detach().numpy(), **DOUBLE)

@@ -97,3 +97,15 @@ def test_bad_requests_are_refused_by_name(models):
         anp.serve(model, [anp.Request(torch.tensor([1, 2]), 2)], n_blocks=4)
     with pytest.raises(ValueError, match="n_blocks must be a positive integer"):
         anp.serve(model, [good], n_blocks=0)
+
+
+@pytest.mark.parametrize("positional,window", [("rope", None), ("alibi", 6), ("learned", 5)])
+def test_modern_models_serve_the_tokens_they_generate_alone(positional, window):
+    # Grouped key/value heads (the paged pools hold n_kv_heads = 2), RoPE turned at each token's own position,
+    # ALiBi, and a sliding window that the rolling contiguous cache of generate serves by forgetting.
+    model = anp.TransformerLM(30, 16, 4, 32, 2, 40, n_kv_heads=2, positional=positional, window=window, seed=3)
+    work = requests(anp)
+    trace = anp.serve(model, work, n_blocks=12, block_size=4)
+    for request, tokens in zip(work, trace.tokens, strict=True):
+        assert (tokens == model.generate(request.prompt_ids[None], request.n_new)[0]).all()
+    assert len({tuple(tokens[-3:]) for tokens in trace.tokens if len(tokens) > 3}) > 1  # not one repeated token

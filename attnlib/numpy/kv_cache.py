@@ -11,12 +11,8 @@ class LayerCache(_kv_cache.LayerCache):
     __doc__ = _kv_cache.LayerCache.__doc__
 
     @staticmethod
-    def _concatenate(old, new):
-        return np.concatenate([old, new], axis=-2)  # along the positions axis
-
-    @staticmethod
-    def _last(x, n):
-        return x[..., -n:, :].copy()  # a copy, so the dropped positions' memory is freed
+    def _empty(like, shape):
+        return np.empty(shape, dtype=like.dtype)
 
     @staticmethod
     def _nbytes(x) -> int:

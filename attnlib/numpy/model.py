@@ -76,13 +76,26 @@ class TransformerLM(LanguageModelBookkeeping, Module):
         return self.norm._forward(x) @ self.head  # (..., n, vocab_size)
 
     def generate(self, prompt_ids, n_new: int, *, use_kv_cache: bool = True) -> np.ndarray:
-        """Greedy decoding. With the cache each step feeds one token; without it, the whole sequence again."""
+        """Greedy decoding. With the cache each step feeds one token; without it, the whole sequence again.
+
+        Everything is checked once, here and at the prompt's model call; the decoding steps then call the layers'
+        cores directly: a step's only new input is a token the model itself chose, from its own vocabulary.
+        """
         ids, n_new = _doors.generate_call(self, prompt_ids, n_new, as_array=_checks.numpy_array)
         use_kv_cache = _checks.flag("use_kv_cache", use_kv_cache)
+        n_prompt = ids.shape[-1]
+        out = np.empty(ids.shape[:-1] + (n_prompt + n_new,), dtype=ids.dtype)  # (..., n_prompt + n_new)
+        out[..., :n_prompt] = ids
         cache = self.new_cache() if use_kv_cache else None
-        logits = self(ids, kv_cache=cache)
-        for _ in range(n_new):
-            next_id = logits[..., -1, :].argmax(axis=-1)[..., None]  # (..., 1)
-            ids = np.concatenate([ids, next_id.astype(ids.dtype)], axis=-1)
-            logits = self(next_id, kv_cache=cache) if use_kv_cache else self(ids)
-        return ids
+        logits = self(ids, kv_cache=cache)  # the door: ids, cache and lengths checked
+        for step in range(n_new):
+            position = n_prompt + step
+            out[..., position] = logits[..., -1, :].argmax(axis=-1)  # (...,): the greedy choice
+            if step == n_new - 1:
+                break  # the last token is chosen: no further logits are needed
+            if use_kv_cache:  # one new token, after the cached ones
+                logits = self._forward(out[..., position:position + 1], position, True, None, None, cache)
+            else:  # the whole sequence again
+                logits = self._forward(out[..., :position + 1], 0, True, None, None, None)
+            _checks.finite_result("logits", logits, producer="TransformerLM")
+        return out

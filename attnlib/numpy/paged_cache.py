@@ -5,14 +5,18 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _checks, _paged_cache
-from .._paged_cache import OutOfBlocksError
 from ._module import floating_dtype
 
 __all__ = ["PagedKVCache", "OutOfBlocksError"]
 
 
+class OutOfBlocksError(_paged_cache.OutOfBlocksError):
+    __doc__ = _paged_cache.OutOfBlocksError.__doc__
+
+
 class PagedKVCache(_paged_cache.PagedKVCache):
     __doc__ = _paged_cache.PagedKVCache.__doc__
+    out_of_blocks = OutOfBlocksError
 
     def __init__(self, n_blocks: int, n_kv_heads: int, d_head: int, *, block_size: int = 16, n_layers: int = 1,
                  dtype=np.float64):

@@ -7,10 +7,17 @@ import contextlib
 import numpy as np
 
 from .. import _checks, _serving
-from .._serving import Request, ServingTrace
 from .paged_cache import PagedKVCache
 
 __all__ = ["serve", "Request", "ServingTrace"]
+
+
+class Request(_serving.Request):
+    __doc__ = _serving.Request.__doc__
+
+
+class ServingTrace(_serving.ServingTrace):
+    __doc__ = _serving.ServingTrace.__doc__
 
 
 class _NumPy:
@@ -18,6 +25,7 @@ class _NumPy:
 
     as_array = staticmethod(_checks.numpy_array)
     cache_class = PagedKVCache
+    trace_class = ServingTrace
     no_grad = staticmethod(contextlib.nullcontext)
 
     @staticmethod

@@ -11,12 +11,15 @@ class LayerCache(_kv_cache.LayerCache):
     __doc__ = _kv_cache.LayerCache.__doc__
 
     @staticmethod
-    def _concatenate(old, new):
-        return torch.cat([old, new], dim=-2)  # along the positions axis
+    def _empty(like, shape):
+        return like.new_empty(shape)  # like's dtype and device
 
     @staticmethod
-    def _last(x, n):
-        return x[..., -n:, :].clone()  # a copy, so the dropped positions' memory is freed
+    def _fresh_buffer_needed(buffer, k, v) -> bool:
+        # When gradients flow through the cache, writing into a buffer that earlier steps' views were read from would
+        # change tensors autograd saved; a new buffer per call keeps them intact (as concatenation would).
+        return torch.is_grad_enabled() and (k.requires_grad or v.requires_grad
+                                            or (buffer is not None and buffer.requires_grad))
 
     @staticmethod
     def _nbytes(x) -> int:

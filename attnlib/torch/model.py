@@ -73,14 +73,27 @@ class TransformerLM(LanguageModelBookkeeping, Module):
 
     @torch.no_grad()
     def generate(self, prompt_ids, n_new: int, *, use_kv_cache: bool = True) -> torch.Tensor:
-        """Greedy decoding. With the cache each step feeds one token; without it, the whole sequence again."""
+        """Greedy decoding. With the cache each step feeds one token; without it, the whole sequence again.
+
+        Everything is checked once, here and at the prompt's model call; the decoding steps then call the layers'
+        cores directly: a step's only new input is a token the model itself chose, from its own vocabulary.
+        """
         ids, n_new = _doors.generate_call(self, prompt_ids, n_new, as_array=_checks.torch_tensor)
         use_kv_cache = _checks.flag("use_kv_cache", use_kv_cache)
         ids = ids.to(self.device)
+        n_prompt = ids.shape[-1]
+        out = ids.new_empty(ids.shape[:-1] + (n_prompt + n_new,))  # (..., n_prompt + n_new): filled step by step
+        out[..., :n_prompt] = ids
         cache = self.new_cache() if use_kv_cache else None
-        logits = self(ids, kv_cache=cache)
-        for _ in range(n_new):
-            next_id = logits[..., -1, :].argmax(dim=-1, keepdim=True).to(ids.dtype)  # (..., 1)
-            ids = torch.cat([ids, next_id], dim=-1)
-            logits = self(next_id, kv_cache=cache) if use_kv_cache else self(ids)
-        return ids
+        logits = self(ids, kv_cache=cache)  # the door: ids, cache and lengths checked
+        for step in range(n_new):
+            position = n_prompt + step
+            out[..., position] = logits[..., -1, :].argmax(dim=-1)  # (...,): the greedy choice
+            if step == n_new - 1:
+                break  # the last token is chosen: no further logits are needed
+            if use_kv_cache:  # one new token, after the cached ones
+                logits = self._forward(out[..., position:position + 1], position, True, None, None, cache)
+            else:  # the whole sequence again
+                logits = self._forward(out[..., :position + 1], 0, True, None, None, None)
+            _checks.finite_result("logits", logits, producer="TransformerLM")
+        return out

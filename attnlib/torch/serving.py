@@ -5,10 +5,17 @@ from __future__ import annotations
 import torch
 
 from .. import _checks, _serving
-from .._serving import Request, ServingTrace
 from .paged_cache import PagedKVCache
 
 __all__ = ["serve", "Request", "ServingTrace"]
+
+
+class Request(_serving.Request):
+    __doc__ = _serving.Request.__doc__
+
+
+class ServingTrace(_serving.ServingTrace):
+    __doc__ = _serving.ServingTrace.__doc__
 
 
 class _Torch:
@@ -16,6 +23,7 @@ class _Torch:
 
     as_array = staticmethod(_checks.torch_tensor)
     cache_class = PagedKVCache
+    trace_class = ServingTrace
     no_grad = staticmethod(torch.no_grad)
 
     @staticmethod

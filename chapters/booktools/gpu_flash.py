@@ -13,8 +13,8 @@ from . import RESULTS
 
 PATTERN = "flash_gpu_*.json"
 NOT_MEASURED = (  # printed in chapter 11: lines that fit the book's column
-    "GPU numbers: not measured yet.\nNo benchmarks/results/flash_gpu_*.json exists, because "
-    "benchmarks/bench_flash_gpu.py\nhas not been run on a CUDA GPU for this book."
+    "GPU numbers: not measured yet.\nNo benchmarks/results/flash_gpu_*.json exists, because\n"
+    "benchmarks/bench_flash_gpu.py has not been run on a CUDA GPU for this book."
 )
 OURS = "attnlib triton"
 
