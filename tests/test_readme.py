@@ -41,6 +41,10 @@ def test_every_number_in_the_table_comes_from_its_source():
     encoder = json.loads((ROOT / "attnlib/pretrained/checkpoints/tiny-encoder.json").read_text())["measurements"]
     minilm = results("minilm.json")
     assert minilm["goals"]["speed_goal_met"] and minilm["goals"]["load_goal_met"]
+    ring = results("ring_attention.json")
+    ring_memory = {row["world_size"]: row["forward_ratio_to_one_process"] for row in ring["memory"]}
+    ring_balance = {row["world_size"]: row for row in ring["causal_work_balance"]}[4]
+    ring_over_goal = max(row["forward_sequence_peak_over_goal"] for row in ring["memory"])
     expected = [
         "exactly 2/3 of the weight matrices at d_model = 512, d_ff = 2048",
         f"{kv_threads['1']['speedup']:.1f}× faster on 1 thread, {kv_threads['2']['speedup']:.1f}× on 2, for "
@@ -61,6 +65,10 @@ def test_every_number_in_the_table_comes_from_its_source():
             minilm["max_abs_difference_of_real_tokens"]["transformers_eager"]),
         f"on {minilm['sentences']} sentences in float32; encoding them takes "
         f"{minilm['ratio_attnlib_over_transformers_eager']:.2f}× its time, loading {minilm['load_seconds']:.2f} s",
+        f"{ring_memory[2]:.2f}× and {ring_memory[4]:.2f}× one process's attention memory at P = 2 and 4",
+        f"within {ring_over_goal - 1:.1%} of one process / P + the key/value shards in flight",
+        f"at P = 4: {ring_balance['zigzag']['max_over_min']:.2f} zigzag, "
+        f"{ring_balance['contiguous']['max_over_min']:.2f} contiguous",
     ]
     missing = [phrase for phrase in expected if phrase not in table]
     assert missing == []
