@@ -171,7 +171,7 @@ function render({ model, el }) {
 
     const balance = Math.max(...totals) / Math.max(1, Math.min(...totals));
     const note = html("div", "attnlib-note", root,
-      `${model.get("layout")} layout, ${causal ? "causal" : "bidirectional"}, n = ${model.get("n")}: ` +
+      `${model.get("shard_layout")} layout, ${causal ? "causal" : "bidirectional"}, n = ${model.get("n")}: ` +
       `work so far, largest rank over smallest: ${balance.toFixed(2)}. `);
     note.dataset.role = "note";
     if (last) {
@@ -185,7 +185,7 @@ function render({ model, el }) {
     }
   }
 
-  return mount({ model, el }, "attnlib-ring", ["steps", "step", "holds", "world_size", "causal", "layout",
+  return mount({ model, el }, "attnlib-ring", ["steps", "step", "holds", "world_size", "causal", "shard_layout",
     "max_abs_error"], draw, steps.stop);
 }
 
