@@ -63,12 +63,21 @@ def test_changing_an_input_recomputes_and_a_bad_one_shows_an_error():
     view.step = 3
     view.world_size = 2
     assert view.step == 0 and len(view.steps) == 2 and view.holds == [[0, 3], [1, 2]] and view.error == ""
-    view.layout = "contiguous"
+    view.shard_layout = "contiguous"
     assert view.holds == [[0], [1]]
     view.world_size = 3  # 16 positions do not cut into 3 chunks: the figure keeps its data and says why
     assert "do not cut into 3 equal chunks" in view.error and len(view.steps) == 2
     view.world_size = 4
     assert view.error == "" and len(view.steps) == 4
+
+
+def test_no_trait_shadows_an_ipywidgets_one():
+    """DOMWidget.layout is a reference to a layout model: a figure trait of that name breaks the page's widgets."""
+    import ipywidgets
+
+    base = set(ipywidgets.DOMWidget.class_trait_names())
+    assert RingView(*qkv(), layout="contiguous").layout.__class__ is ipywidgets.Layout
+    assert {"world_size", "causal", "shard_layout", "steps", "step"}.isdisjoint(base)
 
 
 def test_from_seed_is_reproducible():

@@ -28,7 +28,7 @@ def shown(figure) -> dict:
     """What the figure shows now: the counter, what each rank holds, the pairs computed, each rank's state table."""
     return {
         "counter": figure.locator("[data-role=counter]").inner_text(),
-        "holds": figure.locator("[data-role=holds]").all_inner_texts(),
+        "holds": figure.locator("[data-role=holds]").all_text_contents(),  # SVG text has no innerText
         "computed": int(figure.locator("svg[data-role=pairs]").get_attribute("data-computed")),
         "current": figure.locator("svg[data-role=pairs] [data-current=true]").count(),
         "states": figure.locator("[data-role=state]").all_inner_texts(),
@@ -95,7 +95,8 @@ def test_the_figure_stays_inside_the_content_column(open_page, path, width):  # 
     figure.scroll_into_view_if_needed()
     box = figure.evaluate("""figure => {
         const column = figure.closest("article") || figure.closest("main");
-        const inside = [...figure.querySelectorAll("*")].map((node) => node.getBoundingClientRect());
+        const inside = [...figure.querySelectorAll("*")].map((node) => node.getBoundingClientRect())
+            .filter((r) => r.width > 0 || r.height > 0);  // drawn things only (not an SVG marker's definition)
         return { columnLeft: column.getBoundingClientRect().left, columnRight: column.getBoundingClientRect().right,
                  left: Math.min(...inside.map((r) => r.left)), right: Math.max(...inside.map((r) => r.right)),
                  scrollWidth: figure.scrollWidth, clientWidth: figure.clientWidth };

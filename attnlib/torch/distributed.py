@@ -276,7 +276,8 @@ def _ring_forward(q, k, v, causal: bool, layout: str, scale: float, ring: _Ring)
         k_ids = rank_chunks(ring.source(step), ring.world_size, layout)
         _forward_step(q_chunks, q_ids, k, v, k_ids, output, lse, causal, scale)
         _wait(requests)
-        requests = None  # a finished send still refers to the shard it sent: let that shard go now
+        # A finished send still refers to the shard it sent: let that shard go now.
+        requests = None
         k, v = next_k, next_v
     return output, lse
 
@@ -592,13 +593,15 @@ def spawn_ring(world_size: int, function, *args, timeout: float = 120.0) -> list
 def _demo_rank(rank, world_size, n, d, causal, layout, seed, backward):
     """One rank of ``run_ring_demo``: build the same q, k, v everywhere, attend to its shard, return its results."""
     generator = torch.Generator().manual_seed(seed)
-    q, k, v, grad = (torch.randn(n, d, generator=generator, dtype=torch.float64) for _ in range(4))  # (n, d)
-    shards = [shard_sequence(x, rank, world_size, layout).requires_grad_(x is not grad) for x in (q, k, v, grad)]
-    output = ring_attention(shards[0], shards[1], shards[2], causal=causal, layout=layout)
+    # The whole q, k, v and output gradient, (n, d) each: the same on every rank.
+    whole = [torch.randn(n, d, generator=generator, dtype=torch.float64) for _ in range(4)]
+    q, k, v, grad = (shard_sequence(x, rank, world_size, layout) for x in whole)
+    q, k, v = (x.requires_grad_() for x in (q, k, v))
+    output = ring_attention(q, k, v, causal=causal, layout=layout)
     result = {"output": output.detach()}
     if backward:
-        (output * shards[3]).sum().backward()
-        result.update(dq=shards[0].grad, dk=shards[1].grad, dv=shards[2].grad)
+        (output * grad).sum().backward()
+        result.update(dq=q.grad, dk=k.grad, dv=v.grad)
     return result
 
 

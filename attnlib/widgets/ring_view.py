@@ -59,15 +59,17 @@ class RingView(Figure):
 
     ``RingView(q, k, v, world_size=4, causal=True, layout="zigzag")``: n must cut into ``world_size`` chunks
     (contiguous) or 2 x ``world_size`` (zigzag); at most 8 ranks and 64 positions are drawn. ``world_size``,
-    ``causal`` and ``layout`` recompute when changed (in a live notebook); ``step`` is the ring step on screen.
+    ``causal`` and ``shard_layout`` (the ``layout`` given) recompute when changed (in a live notebook); ``step`` is
+    the ring step on screen.
     """
 
     _esm = esm("ring_view.js")
-    _input_names = ("world_size", "causal", "layout")
+    _input_names = ("world_size", "causal", "shard_layout")
 
     world_size = traitlets.Int(2).tag(sync=True)
     causal = traitlets.Bool(True).tag(sync=True)
-    layout = traitlets.Unicode("zigzag").tag(sync=True)
+    # Not named "layout": ipywidgets' DOMWidget.layout is the widget's CSS layout model.
+    shard_layout = traitlets.Unicode("zigzag").tag(sync=True)
     n = traitlets.Int(1).tag(sync=True)
     chunk = traitlets.Int(1).tag(sync=True)  # positions per chunk
     holds = traitlets.List().tag(sync=True)  # per rank, the chunks of the sequence it holds (its queries)
@@ -118,7 +120,7 @@ class RingView(Figure):
             raise ValueError(f"n = {n} positions do not cut into {n_chunks} equal chunks (world_size = "
                              f"{world_size}, layout={layout!r})")
         data = record_ring(*qkv, world_size, causal=causal, layout=layout)
-        return {**data, "world_size": world_size, "causal": causal, "layout": layout}
+        return {**data, "world_size": world_size, "causal": causal, "shard_layout": layout}
 
     @classmethod
     def from_seed(cls, n: int = 16, d: int = 4, *, seed: int = 0, **options) -> RingView:
@@ -136,6 +138,6 @@ class RingView(Figure):
     def _recompute(self):
         if self._qkv is None:
             return None
-        data = self._data(self._qkv, self.world_size, self.causal, self.layout)
+        data = self._data(self._qkv, self.world_size, self.causal, self.shard_layout)
         data["step"] = 0
         return data

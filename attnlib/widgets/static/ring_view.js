@@ -14,10 +14,10 @@ const chunkRange = (chunk, size) => `${chunk * size}–${(chunk + 1) * size - 1}
 
 // The ranks around a circle, each with its query chunks and the key/value shard it holds at this step.
 function ring(holds, ranks, worldSize) {
-  const size = 300;
+  const size = 330;
   const centre = size / 2;
-  const radius = worldSize === 1 ? 0 : 98;
-  const boxWidth = 96;
+  const radius = worldSize === 1 ? 0 : 108;
+  const boxWidth = 124;
   const boxHeight = 50;
   const root = svg("svg", { width: size, height: size, role: "img", "aria-label": "the ranks on a ring" });
   root.dataset.role = "ring";
@@ -100,6 +100,7 @@ function pairGrid(steps, step, holds, worldSize, causal) {
           : svg("rect", { x, y, width: cell, height: cell }, root);
         shape.setAttribute("fill", colour(r));
         shape.setAttribute("opacity", current ? 1 : 0.35);
+        shape.setAttribute("stroke", "#fff"); // keeps neighbouring pairs of one rank apart
         shape.dataset.pair = `${qChunk},${kChunk}`;
         shape.dataset.current = String(current);
         svg("title", {}, shape).textContent = `query chunk ${qChunk} × key chunk ${kChunk}: rank ${r} at step ${s}` +
@@ -122,6 +123,7 @@ function rankCard(parent, r, rank, holds, chunk, work, totalWork, gap, last) {
   card.dataset.rank = r;
   card.style.borderColor = colour(r);
   card.style.background = "#fff";
+  card.style.flex = "0 0 auto"; // cards sit side by side and wrap, each as wide as its table
   const heading = html("div", "", card);
   html("span", "", heading, `rank ${r}`).style.cssText = `color: ${colour(r)}; font-weight: 600`;
   html("span", "", heading, ` · queries ${holds[r].map((c) => chunkRange(c, chunk)).join(", ")}`);
@@ -131,7 +133,9 @@ function rankCard(parent, r, rank, holds, chunk, work, totalWork, gap, last) {
     { text: formatNumber(rank.running_m[i]), className: "attnlib-changed" },
     { text: formatNumber(rank.running_l[i]), className: "attnlib-changed" },
   ]);
-  table(card, ["query", "m (step)", "l (step)", "m merged", "l merged"], rows).dataset.role = "state";
+  const state = table(card, ["query", "m (step)", "l (step)", "m merged", "l merged"], rows);
+  state.dataset.role = "state";
+  state.style.width = "auto"; // the book's theme stretches tables to the column
   html("div", "", card, `score entries this step: ${work} (so far ${totalWork})`).dataset.role = "work";
   const gapLine = html("div", "", card, `max |output − final| = ${formatNumber(gap)}`);
   gapLine.dataset.role = "gap";
@@ -167,7 +171,7 @@ function render({ model, el }) {
 
     const balance = Math.max(...totals) / Math.max(1, Math.min(...totals));
     const note = html("div", "attnlib-note", root,
-      `${model.get("layout")} layout, ${causal ? "causal" : "bidirectional"}, n = ${model.get("n")}: ` +
+      `${model.get("shard_layout")} layout, ${causal ? "causal" : "bidirectional"}, n = ${model.get("n")}: ` +
       `work so far, largest rank over smallest: ${balance.toFixed(2)}. `);
     note.dataset.role = "note";
     if (last) {
@@ -181,7 +185,7 @@ function render({ model, el }) {
     }
   }
 
-  return mount({ model, el }, "attnlib-ring", ["steps", "step", "holds", "world_size", "causal", "layout",
+  return mount({ model, el }, "attnlib-ring", ["steps", "step", "holds", "world_size", "causal", "shard_layout",
     "max_abs_error"], draw, steps.stop);
 }
 
