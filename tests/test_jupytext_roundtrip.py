@@ -17,8 +17,8 @@ from pathlib import Path
 import jupytext
 import pytest
 from jupyter_client.kernelspec import KernelSpecManager
-from jupytext.config import find_jupytext_configuration_file, load_jupytext_configuration_file
 from jupytext import AsyncTextFileContentsManager
+from jupytext.config import find_jupytext_configuration_file, load_jupytext_configuration_file
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAPTERS = sorted((ROOT / "chapters").glob("*.md"))
