@@ -36,8 +36,9 @@ def source(name):
 TEACHING_CHAPTERS = [name for name in toc_files() if re.match(r"chapters/\d\d_", name)]
 
 
-def test_the_toc_lists_twelve_teaching_chapters_in_order():
-    assert [name.split("/")[1][:2] for name in TEACHING_CHAPTERS] == [f"{i:02d}" for i in range(1, 13)]
+def test_the_toc_lists_the_teaching_chapters_in_order_without_gaps():
+    numbers = [name.split("/")[1][:2] for name in TEACHING_CHAPTERS]
+    assert len(numbers) >= 14 and numbers == [f"{i:02d}" for i in range(1, len(numbers) + 1)]
 
 
 def test_every_toc_entry_exists():

@@ -175,7 +175,8 @@ def measured(site_url):
 
         def measure(path: str, width: int) -> dict:
             if (path, width) not in results:
-                context = chromium.new_context(viewport={"width": width, "height": 900})
+                # Load the page once, at the first width, and measure it at every width by resizing the window.
+                context = chromium.new_context(viewport={"width": WIDTHS[0], "height": 900})
                 try:
                     page = context.new_page()
                     page.goto(site_url + path, wait_until="load")
@@ -187,12 +188,14 @@ def measured(site_url):
                     # MathJax typesets after load; measure the typeset equations, not their TeX source.
                     page.evaluate("async () => { if (window.MathJax && MathJax.startup)"
                                   " await MathJax.startup.promise; }")
-                    page.wait_for_timeout(300)
-                    results[path, width] = page.evaluate(MEASURE)
-                    if any(results[path, width][key] for key in ("wide", "clipped", "outside")):
-                        ARTIFACTS.mkdir(exist_ok=True)
-                        page.screenshot(path=str(ARTIFACTS / f"layout-{Path(path).stem}-{width}.png"),
-                                        full_page=True)
+                    for each_width in WIDTHS:
+                        page.set_viewport_size({"width": each_width, "height": 900})
+                        page.wait_for_timeout(300)  # the theme and the figures lay out again
+                        results[path, each_width] = page.evaluate(MEASURE)
+                        if any(results[path, each_width][key] for key in ("wide", "clipped", "outside")):
+                            ARTIFACTS.mkdir(exist_ok=True)
+                            page.screenshot(path=str(ARTIFACTS / f"layout-{Path(path).stem}-{each_width}.png"),
+                                            full_page=True)
                 finally:
                     context.close()
             return results[path, width]

@@ -27,6 +27,10 @@ def test_every_number_in_the_table_comes_from_its_source():
     assert counts["feed_forward"] * 3 == counts["total"] * 2  # exactly 2/3
     kv_cache = results("kv_cache.json")
     assert kv_cache["same_tokens"] and kv_cache["generated_tokens"] == 512
+    kv_threads = kv_cache["by_threads"]
+    paged = results("paged_cache.json")
+    paged_memory, paged_decode = paged["memory"], paged["decode"]
+    assert paged_decode["same_tokens"] and paged_decode["generated_tokens"] == 512
     flash_report = results("flash_cpu.json")
     flash = flash_report["goals"]
     largest = max(flash_report["results"], key=lambda row: row["n"])
@@ -37,9 +41,19 @@ def test_every_number_in_the_table_comes_from_its_source():
     encoder = json.loads((ROOT / "attnlib/pretrained/checkpoints/tiny-encoder.json").read_text())["measurements"]
     minilm = results("minilm.json")
     assert minilm["goals"]["speed_goal_met"] and minilm["goals"]["load_goal_met"]
+    ring = results("ring_attention.json")
+    ring_memory = {row["world_size"]: row["forward_ratio_to_one_process"] for row in ring["memory"]}
+    ring_balance = {row["world_size"]: row for row in ring["causal_work_balance"]}[4]
+    ring_over_goal = max(row["forward_sequence_peak_over_goal"] for row in ring["memory"])
     expected = [
         "exactly 2/3 of the weight matrices at d_model = 512, d_ff = 2048",
-        f"{kv_cache['speedup']:.1f}× faster for {kv_cache['generated_tokens']} tokens",
+        f"{kv_threads['1']['speedup']:.1f}× faster on 1 thread, {kv_threads['2']['speedup']:.1f}× on 2, for "
+        f"{kv_cache['generated_tokens']} tokens",
+        f"{paged_memory['utilisation']['paged']:.1%} of the reserved KV memory holds keys and values",
+        f"{paged_memory['requests']} simulated requests (preallocating max_len: "
+        f"{paged_memory['utilisation']['contiguous_max_length']:.1%}; the vLLM paper: about 96% vs 20–38%)",
+        f"{paged_decode['ratio_paged_over_contiguous']:.2f}× the contiguous cache's time for "
+        f"{paged_decode['generated_tokens']} tokens of `tiny-lm`, same tokens",
         f"at most {difference['flash_numpy']:.1e} from naive attention at N = {largest['n']} in float32",
         f"(PyTorch's own SDPA: {difference['torch_sdpa']:.1e})",
         "peak extra memory {:.1%}, {:.1%}, {:.2%} of naive".format(*memory),
@@ -51,6 +65,10 @@ def test_every_number_in_the_table_comes_from_its_source():
             minilm["max_abs_difference_of_real_tokens"]["transformers_eager"]),
         f"on {minilm['sentences']} sentences in float32; encoding them takes "
         f"{minilm['ratio_attnlib_over_transformers_eager']:.2f}× its time, loading {minilm['load_seconds']:.2f} s",
+        f"{ring_memory[2]:.2f}× and {ring_memory[4]:.2f}× one process's attention memory at P = 2 and 4",
+        f"within {ring_over_goal - 1:.1%} of one process / P + the key/value shards in flight",
+        f"at P = 4: {ring_balance['zigzag']['max_over_min']:.2f} zigzag, "
+        f"{ring_balance['contiguous']['max_over_min']:.2f} contiguous",
     ]
     missing = [phrase for phrase in expected if phrase not in table]
     assert missing == []

@@ -21,6 +21,7 @@ from attnlib.widgets import (
     ALL_HEADS,
     AddNormView,
     AttentionExplorer,
+    BlockTableView,
     ExamGrader,
     FeedForwardMemoryView,
     KVCacheView,
@@ -38,7 +39,7 @@ from attnlib.widgets.kv_cache_view import expected_work
 
 ROUNDING = 5e-7  # figures store weights rounded to 6 decimals
 FIGURES = [AttentionExplorer, TileStepper, ExamGrader, KVCacheView, AddNormView, FeedForwardMemoryView, ModelView,
-           RooflineView, RopeView, KVHeadsView, RingView]
+           RooflineView, RopeView, KVHeadsView, RingView, BlockTableView]
 
 
 @pytest.mark.parametrize("figure", FIGURES)

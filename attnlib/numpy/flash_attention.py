@@ -368,6 +368,8 @@ def flash_attention_backward(
     for j, k_start in enumerate(range(0, n_k, block_k)):
         k_end = min(k_start + block_k, n_k)
         k_block, v_block = k[..., k_start:k_end, :], v[..., k_start:k_end, :]  # (..., cols, d)
+        dk_block = np.zeros(k_block.shape, dtype=dtype)
+        dv_block = np.zeros(v_block.shape, dtype=dtype)
         # The query blocks that see some key of this block: the forward's plan, read by column.
         for i in np.flatnonzero(plan[:, j] != tiling.SKIPPED):
             q_start, q_end = i * block_q, min((i + 1) * block_q, n_q)
@@ -379,13 +381,15 @@ def flash_attention_backward(
                 np.copyto(scores, -np.inf, where=~visible)
             scores -= lse[..., q_start:q_end, None]
             p = np.exp(scores, out=scores)  # (..., rows, cols): this tile's probabilities, recomputed
-            dv[..., k_start:k_end, :] += _sum_to_shape(np.swapaxes(p, -1, -2) @ do_block, v_block.shape)
+            dv_block += _sum_to_shape(np.swapaxes(p, -1, -2) @ do_block, v_block.shape)
             dp = do_block @ np.swapaxes(v_block, -1, -2)  # (..., rows, cols)
             dp -= delta[..., q_start:q_end, None]
             ds = np.multiply(p, dp, out=dp)  # gradient w.r.t. the scaled scores
             dq[..., q_start:q_end, :] += scale * (ds @ k_block)
             # q_block already carries the scale
-            dk[..., k_start:k_end, :] += _sum_to_shape(np.swapaxes(ds, -1, -2) @ q_block, k_block.shape)
+            dk_block += _sum_to_shape(np.swapaxes(ds, -1, -2) @ q_block, k_block.shape)
+        dk[..., k_start:k_end, :] = dk_block
+        dv[..., k_start:k_end, :] = dv_block
 
     dq = _ungrouped(_sum_to_shape(dq, q_shape), group, rows_axis=-2)  # (..., n_heads, n_q, d_k)
     if group > 1:  # drop the axis of length 1 that let the group share each key/value head

@@ -1,4 +1,5 @@
-"""Train the shipped models from scratch: ``python -m attnlib.pretrained.train tiny-lm`` (or ``tiny-encoder``).
+"""Train the shipped models from scratch: ``python -m attnlib.pretrained.train tiny-lm`` (or ``tiny-encoder``,
+``tiny-lm-rope``).
 
 Seeded and deterministic on CPU with 2 threads. Writes ``checkpoints/<name>.pt`` (the state_dict) and
 ``checkpoints/<name>.json`` (config, vocabulary, recipe with its seeds, final loss, head measurements and their
@@ -8,6 +9,7 @@ thresholds, reference logits), then regenerates ``checkpoints/README.md`` from t
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import math
@@ -37,6 +39,18 @@ RECIPES = {
         "repeat_only_steps": 400, "repeat_only_fraction": 0.3, "span_lengths": [4, 20],
         # After the first phase, this share of rows is placed at a random offset in [0, max_len - 128].
         "shifted_fraction": 0.25,
+        "thresholds": {"previous_token": 0.35, "induction": 0.5, "copying_accuracy": 0.8},
+    },
+    "tiny-lm-rope": {
+        # tiny-lm as Llama-style models are built: rotary positions instead of a learned table, and grouped-query
+        # attention (4 query heads share 2 key/value heads). RoPE scores depend only on distances, so there is no
+        # offset to train (shifted_fraction 0); max_len is the training length, a declared limit that the length
+        # measurement raises with extend_context.
+        "model": {"d_model": 64, "n_heads": 4, "n_kv_heads": 2, "positional": "rope", "d_ff": 256, "n_layers": 2,
+                  "max_len": 128, "causal": True},
+        "data_seed": 1234, "init_seed": 0, "steps": 1500, "batch_size": 32, "sequence_length": 128,
+        "learning_rate": 3e-3, "warmup_steps": 50, "embedding_std": 1.0,
+        "repeat_only_steps": 400, "repeat_only_fraction": 0.3, "span_lengths": [4, 20], "shifted_fraction": 0.0,
         "thresholds": {"previous_token": 0.35, "induction": 0.5, "copying_accuracy": 0.8},
     },
     "tiny-encoder": {
@@ -86,7 +100,8 @@ def new_model(vocab_size: int, recipe: dict) -> TransformerLM:
         # Unit-scale embeddings, as nn.Embedding starts. With the class's default of 0.02 the first layer's output
         # swamps the token identity in the residual stream, and the induction head takes many times longer to form.
         model.token_embedding.normal_(0.0, recipe["embedding_std"])
-        model.position_embedding.normal_(0.0, recipe["embedding_std"])
+        if model.positional == "learned":
+            model.position_embedding.normal_(0.0, recipe["embedding_std"])
     return model
 
 
@@ -106,8 +121,13 @@ def logits_at_offsets(model: TransformerLM, ids: torch.Tensor, offsets: torch.Te
     """The model's forward pass with row b of ``ids`` placed at positions offsets[b] .. offsets[b] + n - 1.
 
     Rows at random offsets give every one of the max_len position embeddings some training, so generation
-    past the training length keeps working. With all offsets 0 this is exactly ``model(ids)``.
+    past the training length keeps working. With all offsets 0 this is exactly ``model(ids)``. A model without a
+    learned table has no offsets to train: it only ever sees distances (RoPE, ALiBi), so it runs as it is.
     """
+    if model.positional != "learned":
+        if bool(offsets.any()):
+            raise ValueError(f"positional={model.positional!r} has no position table to place rows at offsets in")
+        return model(ids)
     positions = offsets[:, None] + torch.arange(ids.shape[-1])  # (B, n)
     x = model.token_embedding[ids] + model.position_embedding[positions]  # (B, n, d_model)
     for block in model.blocks:
@@ -169,6 +189,68 @@ def measure_language_model(model, tokenizer) -> dict:
         "previous_token": _best(previous),
         "induction": _best(induction),
         "copying_accuracy": round(heads.copying_accuracy(model, probe, PROBE["span_length"]), 4),
+    }
+
+
+LENGTH_PROBE = {"n_sequences": 16, "span_length": 24, "seed": 7, "lengths": [128, 256, 512, 2048]}
+
+
+def long_copy_batch(tokenizer, length: int, *, n_sequences: int, span_length: int, seed: int) -> torch.Tensor:
+    """(n_sequences, length) ids: a random span of words repeated until the row is ``length`` long.
+
+    After the first copy every word is predictable by the induction step over a distance of span_length, as in
+    training; what grows with ``length`` is where it happens (positions never trained) and how many keys compete.
+    """
+    rng = random.Random(seed)
+    words = [word for word in tokenizer.words() if word not in data.PUNCTUATION]
+    rows = []
+    for _ in range(n_sequences):
+        span = data.random_span(rng, words, span_length)
+        rows.append(tokenizer.encode(" ".join((span * (length // span_length + 1))[:length])))
+    return torch.tensor(rows)  # (B, length)
+
+
+def copying_at_length(model, tokenizer, length: int) -> float | str:
+    """Greedy accuracy on every word after the first copy in ``long_copy_batch`` rows (one row at a time, to keep
+    memory small), or why the model cannot run at that length."""
+    if length > model.max_len:
+        if model.positional == "learned":
+            return (f"cannot run: {length} positions, but the learned position table has max_len={model.max_len} "
+                    "rows")
+        model = copy.deepcopy(model)
+        model.extend_context(length)  # RoPE: nothing in the weights is tied to a position
+    ids = long_copy_batch(tokenizer, length, **{k: LENGTH_PROBE[k] for k in ("n_sequences", "span_length", "seed")})
+    span = LENGTH_PROBE["span_length"]
+    correct = 0
+    with torch.no_grad():
+        for row in ids:
+            predicted = model(row[None])[0, span:-1].argmax(dim=-1)  # predictions for positions span + 1 .. end
+            correct += int((predicted == row[span + 1:]).sum())
+    return round(correct / (len(ids) * (length - span - 1)), 4)
+
+
+def kv_cache_bytes(model, tokenizer, length: int = 128) -> int:
+    """Bytes the model's KV cache holds after ``length`` tokens of one sequence (float32 weights)."""
+    ids = long_copy_batch(tokenizer, length, n_sequences=1, span_length=LENGTH_PROBE["span_length"], seed=0)
+    cache = model.new_cache()
+    with torch.no_grad():
+        model(ids, kv_cache=cache)
+    return cache.nbytes
+
+
+def measure_lengths(models: dict, tokenizer) -> dict:
+    """For each model: its training length, copying accuracy at each probe length, KV-cache bytes for 128 tokens."""
+    return {
+        "probe": dict(LENGTH_PROBE),
+        "note": "greedy accuracy on every word after the first copy of a random 24-word span repeated to the given "
+                "total length; training sequences were 128 tokens for both models",
+        "models": {
+            name: {"training_length": RECIPES[name]["sequence_length"], "max_len": model.max_len,
+                   "copying_accuracy": {str(length): copying_at_length(model, tokenizer, length)
+                                        for length in LENGTH_PROBE["lengths"]},
+                   "kv_cache_bytes_128_tokens": kv_cache_bytes(model, tokenizer)}
+            for name, model in models.items()
+        },
     }
 
 
@@ -345,6 +427,10 @@ def write_readme(directory: Path = CHECKPOINTS) -> None:
                   f"({training['final_loss_note']})",
                   f"- trained in {training['seconds']} s on {training['machine']['cpu']} with "
                   f"{training['machine']['threads']} threads, torch {training['machine']['torch']}"]
+        if "lengths" in measured:
+            for other, result in measured["lengths"]["models"].items():
+                lines += [f"- {other}: copying accuracy by sequence length {json.dumps(result['copying_accuracy'])}"
+                          f"; KV cache for 128 tokens {result['kv_cache_bytes_128_tokens']} bytes"]
         if "induction" in measured:
             lines += [f"- previous-token head {measured['previous_token']['best_head']} "
                       f"score {measured['previous_token']['score']}",
@@ -368,8 +454,9 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=sorted(RECIPES))
     parser.add_argument("--output", type=Path, default=CHECKPOINTS, help="folder for the checkpoint files")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads (recorded in the JSON; default 2)")
     args = parser.parse_args(argv)
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     torch.use_deterministic_algorithms(True)
     recipe = RECIPES[args.name]
     print(f"training {args.name}: {json.dumps(recipe)}")
@@ -379,6 +466,10 @@ def main(argv=None) -> None:
     seconds = time.perf_counter() - start
     measure = measure_language_model if recipe["model"]["causal"] else measure_encoder
     measurements = measure(model, tokenizer)
+    if args.name == "tiny-lm-rope":  # compared with the shipped tiny-lm, which has a learned position table
+        from . import load
+
+        measurements["lengths"] = measure_lengths({"tiny-lm": load("tiny-lm")[0], args.name: model}, tokenizer)
     print(f"trained in {seconds:.0f} s; measurements: {json.dumps(measurements)[:600]}")
     save(args.name, model, tokenizer, recipe, losses, seconds, measurements, args.output)
     write_readme(args.output)

@@ -119,6 +119,8 @@ def _split_groups(x, n_kv_heads: int):
 
 def _check_scores(scores, allowed) -> None:
     """One overflow policy for attention and flash_attention: +inf/NaN raise; so does a row that is -inf by overflow."""
+    if bool(torch.isfinite(scores).all()):
+        return  # the usual case, settled in one pass: no NaN, no +inf, and every row has a finite score
     if bool(torch.isnan(scores).any() | torch.isposinf(scores).any()):
         raise _checks.scores_overflowed(scores.dtype)
     nothing_finite = torch.isneginf(scores).all(dim=-1)  # (..., n_q)

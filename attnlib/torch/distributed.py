@@ -276,6 +276,7 @@ def _ring_forward(q, k, v, causal: bool, layout: str, scale: float, ring: _Ring)
         k_ids = rank_chunks(ring.source(step), ring.world_size, layout)
         _forward_step(q_chunks, q_ids, k, v, k_ids, output, lse, causal, scale)
         _wait(requests)
+        requests = None  # a finished send still refers to the shard it sent: let that shard go now
         k, v = next_k, next_v
     return output, lse
 
@@ -297,17 +298,21 @@ def _ring_backward(q, k, v, output, lse, grad_output, causal: bool, layout: str,
         (next_k, next_v), requests = ((k, v), []) if last else ring.pass_on((k, v))
         k_ids = rank_chunks(ring.source(step), ring.world_size, layout)
         _backward_step(q_chunks, q_ids, k, v, k_ids, out_chunks, lse_chunks, grad_chunks, dq, dk, dv, causal, scale)
-        # dk, dv of the visiting shard are complete for this rank: pass them on with the shard (the last hop takes
-        # them home to their owner, rank source(step) + ... + 1 = the rank that sent them first).
+        # This rank's share of the visiting shard's dk, dv is in: pass them on, after the shard. At the last step the
+        # visiting shard is that of rank r + 1, so this hop takes every shard's finished gradients home.
         (dk, dv), grad_requests = ring.pass_on((dk, dv))
         _wait(requests + grad_requests)
+        requests = grad_requests = None  # finished sends still refer to what they sent: let it go now
         k, v = next_k, next_v
     return dq, dk, dv
 
 
 class _RingAttention(torch.autograd.Function):
+    """The ring as one autograd operation: forward saves the row log-sum-exp, backward runs the ring again."""
+
     @staticmethod
     def forward(ctx, q, k, v, causal, layout, scale, ring):
+        """This rank's output shard; saves q, k, v, the output and lse (..., n_local) for the backward ring."""
         output, lse = _ring_forward(q, k, v, causal, layout, scale, ring)
         ctx.save_for_backward(q, k, v, output, lse)
         ctx.settings = (causal, layout, scale, ring)
@@ -316,6 +321,7 @@ class _RingAttention(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_output):
+        """(dq, dk, dv) of this rank's shard; collective, like the forward pass."""
         q, k, v, output, lse = ctx.saved_tensors
         causal, layout, scale, ring = ctx.settings
         dq, dk, dv = _ring_backward(q, k, v, output, lse, grad_output, causal, layout, scale, ring)

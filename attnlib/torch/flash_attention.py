@@ -155,6 +155,7 @@ def backward_tiled(
     for j, k_start in enumerate(range(0, n_k, block_k)):
         k_end = min(k_start + block_k, n_k)
         k_block, v_block = k[..., k_start:k_end, :], v[..., k_start:k_end, :]  # (..., cols, d)
+        dk_block, dv_block = torch.zeros_like(k_block), torch.zeros_like(v_block)
         for i in np.flatnonzero(plan[:, j] != tiling.SKIPPED):  # the query blocks that see some of these keys
             q_start, q_end = i * block_q, min((i + 1) * block_q, n_q)
             q_block = q[..., q_start:q_end, :] * scale  # (..., rows, d_k)
@@ -164,12 +165,14 @@ def backward_tiled(
                 allowed = _tile_causal_mask(q_start, q_end, k_start, k_end, offset, window, q.device)
                 scores.masked_fill_(~allowed, float("-inf"))
             p = torch.exp(scores.sub_(lse[..., q_start:q_end, None]))  # this tile's probabilities
-            dv[..., k_start:k_end, :] += _sum_to(p.transpose(-1, -2) @ do_block, v_block.shape)
+            dv_block += _sum_to(p.transpose(-1, -2) @ do_block, v_block.shape)
             dp = do_block @ v_block.transpose(-1, -2)  # (..., rows, cols)
             ds = p * (dp - delta[..., q_start:q_end, None])
             dq[..., q_start:q_end, :] += scale * (ds @ k_block)
             # q_block already carries the scale
-            dk[..., k_start:k_end, :] += _sum_to(ds.transpose(-1, -2) @ q_block, k_block.shape)
+            dk_block += _sum_to(ds.transpose(-1, -2) @ q_block, k_block.shape)
+        dk[..., k_start:k_end, :] = dk_block
+        dv[..., k_start:k_end, :] = dv_block
 
     return _sum_to(dq, q_shape), dk, dv  # dq summed back over any batch dims that q broadcast over
 

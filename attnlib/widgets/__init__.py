@@ -20,10 +20,13 @@ changes. Display one by making it the last expression of a cell.
 * ``KVHeadsView`` -- which key/value heads each query head reads (MHA, GQA, MQA, MLA) and the KV-cache bytes of
   published models.
 * ``RingView`` -- ring attention step by step: key/value shards travel around the ranks, each merges its m and l.
+* ``BlockTableView`` -- continuous batching over a paged KV cache: block tables, the pool, blocks freed and
+  reused, step by step.
 """
 
 from .add_norm_view import AddNormView
 from .attention_explorer import ALL_HEADS, AttentionExplorer
+from .block_table_view import BlockTableView
 from .exam_grader import ExamGrader
 from .feed_forward_memory_view import FeedForwardMemoryView
 from .kv_cache_view import KVCacheView
@@ -35,4 +38,5 @@ from .rope_view import RopeView
 from .tile_stepper import TileStepper
 
 __all__ = ["AttentionExplorer", "ALL_HEADS", "TileStepper", "ExamGrader", "KVCacheView", "AddNormView",
-           "FeedForwardMemoryView", "ModelView", "RooflineView", "RopeView", "KVHeadsView", "RingView"]
+           "FeedForwardMemoryView", "ModelView", "RooflineView", "RopeView", "KVHeadsView", "RingView",
+           "BlockTableView"]
