@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import re
 import shutil
 from pathlib import Path
 
@@ -103,3 +104,33 @@ def test_the_contents_manager_check_would_see_a_change(tmp_path: Path):
     asyncio.run(manager.save({"type": "notebook", "format": "json", "content": model["content"]},
                              f"chapters/{path.name}"))
     assert "jupytext_version" in (tmp_path / "chapters" / path.name).read_text(encoding="utf-8")
+
+
+def sphinx_configuration() -> dict:
+    """The Sphinx configuration Jupyter Book derives from _config.yml, as the book build uses it."""
+    from jupyter_book.config import get_final_config
+
+    config, _ = get_final_config(user_yaml=ROOT / "_config.yml", cli_config={"latex_individualpages": False},
+                                 sourcedir=ROOT, raise_on_invalid=True)
+    return config
+
+
+def test_a_converted_chapter_is_not_a_second_source_of_the_page():
+    """`jupytext --to ipynb chapters/01_qkv.md` leaves chapters/01_qkv.ipynb; Sphinx must not read it."""
+    from sphinx.util.matching import Matcher
+
+    excluded = Matcher(sphinx_configuration()["exclude_patterns"])
+    assert excluded("chapters/01_qkv.ipynb") and excluded("chapters/booktools/scratch.ipynb")
+    assert excluded("chapters/.ipynb_checkpoints/01_qkv-checkpoint.ipynb")
+    assert not excluded("chapters/01_qkv.md") and not excluded("intro.md")
+
+
+def test_the_book_runs_chapters_inline_so_eval_roles_work():
+    config = sphinx_configuration()
+    assert config["nb_execution_mode"] == "inline"
+    # Every {eval} in the chapters is a name or an f-string, which is what the build accepts.
+    accepted = re.compile(config["nb_eval_name_regex"])
+    for path in NOTEBOOKS:
+        for expression in re.findall(r"\{eval\}`([^`]+)`", path.read_text(encoding="utf-8")):
+            assert accepted.match(expression), f"{path.name}: the build would refuse {{eval}}`{expression}`"
+    assert not accepted.match("__import__('os').remove('x')")
