@@ -169,7 +169,7 @@ def test_a_chapter_reads_in_jupyterlab_as_on_the_website(jupyterlab, browser, ch
     page.on("pageerror", lambda error: errors.append(str(error)))
     try:
         page.goto(f"{base}/lab/tree/chapters/{chapter}.md?token={token}", wait_until="domcontentloaded")
-        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=START_SECONDS * 1000)
+        page.wait_for_selector(".jp-Notebook .jp-Cell", state="attached", timeout=START_SECONDS * 1000)
         run_all_cells(page)
         # Markdown cells re-render once their {eval} values arrive from the kernel.
         page.wait_for_timeout(2000)
