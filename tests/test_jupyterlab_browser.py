@@ -170,7 +170,12 @@ def test_a_chapter_reads_in_jupyterlab_as_on_the_website(jupyterlab, browser, ch
     try:
         page.goto(f"{base}/lab/tree/chapters/{chapter}.md?token={token}", wait_until="domcontentloaded")
         page.wait_for_selector(".jp-Notebook .jp-Cell", state="attached", timeout=START_SECONDS * 1000)
-        run_all_cells(page)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        try:
+            run_all_cells(page)
+        except Exception:
+            page.screenshot(path=str(ARTIFACTS / f"{chapter}-stuck.png"))  # where the run stopped
+            raise
         # Markdown cells re-render once their {eval} values arrive from the kernel.
         page.wait_for_timeout(2000)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
