@@ -20,7 +20,8 @@ function blockTables(entry, nRequests, blockSize) {
   const label = 92;
   const widest = Math.max(1, ...entry.tables.map((table) => table.length));
   const top = 18;
-  const root = svg("svg", { width: label + widest * CELL + 4, height: top + entry.running.length * (CELL + 4) + 4,
+  const root = svg("svg", { width: Math.max(label + widest * CELL + 4, 220), // room for the heading
+    height: top + entry.running.length * (CELL + 4) + 4,
     role: "img", "aria-label": "block tables of the running sequences" });
   root.dataset.role = "tables";
   svg("text", { x: 0, y: 12, "font-size": 12, class: "attnlib-label" }, root).textContent =
@@ -116,7 +117,7 @@ function render({ model, el }) {
       `${entry.reserved}.`).dataset.role = "utilisation-text";
     html("div", "attnlib-note", root,
       `Red outline: taken in this step; dashed: freed (its sequence finished); ↺: reused, held earlier by a ` +
-      `finished sequence. Each sequence's numbers: positions stored; ✓ finished in this step. ` +
+      `finished sequence. "seq 2: 6" = sequence 2 stores 6 positions; ✓ = it finished in this step. ` +
       `A block holds ${blockSize} positions, so each sequence leaves at most ${blockSize - 1} empty.`);
   }
 
