@@ -24,7 +24,7 @@ from torch.nn import functional as F
 
 from attnlib.torch import TransformerLM
 
-from . import CHECKPOINTS, checkpoint_paths, data, heads
+from . import CHECKPOINTS, data, heads
 from .tokenizer import WordTokenizer
 
 # Everything that defines a training run. ``model`` holds TransformerLM's constructor arguments (without
@@ -81,6 +81,7 @@ REFERENCE_TEXTS = {
     "tiny-encoder": ["the apple fell on the ground because it was ripe .",
                      "the apple fell on the ground because it was hard ."],
 }
+REFERENCE_TEXTS["tiny-lm-rope"] = REFERENCE_TEXTS["tiny-lm"]  # the same words through the rotary twin
 REFERENCE_TOLERANCE = {"atol": 1e-4, "rtol": 1e-4}
 
 
@@ -386,7 +387,8 @@ def machine() -> dict:
 def save(name: str, model, tokenizer, recipe: dict, losses: list[float], seconds: float, measurements: dict,
          directory: Path = CHECKPOINTS) -> None:
     directory.mkdir(parents=True, exist_ok=True)
-    weights_path, info_path = checkpoint_paths(name, directory)
+    # Not checkpoint_paths: it accepts only the shipped names, and a recipe is trained before it ships.
+    weights_path, info_path = directory / f"{name}.pt", directory / f"{name}.json"
     torch.save(model.state_dict(), weights_path)
     info = {
         "name": name,
@@ -415,7 +417,7 @@ def write_readme(directory: Path = CHECKPOINTS) -> None:
              "measurements, the thresholds the tests hold them to, and logits recorded on a fixed batch.",
              "This file is regenerated from the JSON files after each training run.", ""]
     for name in RECIPES:
-        info_path = checkpoint_paths(name, directory)[1]
+        info_path = directory / f"{name}.json"
         if not info_path.exists():
             continue
         info = json.loads(info_path.read_text())
