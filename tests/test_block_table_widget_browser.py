@@ -48,7 +48,7 @@ def test_stepping_changes_the_tables_the_pool_and_the_utilisation(open_page, pat
     seen_reuse = False
     figure.locator("button[data-role=start]").click()
     for _ in range(last):
-        seen_reuse |= "↺" in figure.locator("[data-role=pool]").inner_text()
+        seen_reuse |= "↺" in (figure.locator("[data-role=pool]").text_content() or "")
         figure.locator("button[data-role=next]").click()
     assert seen_reuse
     figure.locator("button[data-role=start]").click()
