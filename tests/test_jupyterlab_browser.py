@@ -83,8 +83,10 @@ def write_settings(settings: Path) -> None:
         path.write_text(json.dumps(values), encoding="utf-8")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def jupyterlab(tmp_path_factory):
+    # One server per chapter, with its own workspace and kernels: a server reused for the next chapter restored the
+    # previous chapter's tab, and "run all cells" could reach the wrong notebook.
     if not CHROMIUM.is_file():
         unavailable(f"Chromium is missing ({CHROMIUM})")
     if not JUPYTER.is_file():
