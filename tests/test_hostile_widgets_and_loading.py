@@ -644,7 +644,8 @@ def test_a_truncated_description_is_named(copied):
 
 
 @pytest.mark.parametrize("name, directory, error, match", [
-    ("gpt-5", None, ValueError, r"name must be one of \('tiny-lm', 'tiny-encoder', 'all-MiniLM-L6-v2'\), got 'gpt-5'"),
+    ("gpt-5", None, ValueError,
+     r"name must be one of \('tiny-lm', 'tiny-encoder', 'tiny-lm-rope', 'all-MiniLM-L6-v2'\), got 'gpt-5'"),
     (None, None, ValueError, r"name must be one of .*got None"),
     ("../tiny-lm", None, ValueError, r"name must be one of"),
     (NAME, "/no/such/folder", FileNotFoundError, r"directory /no/such/folder does not exist"),

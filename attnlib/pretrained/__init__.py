@@ -18,7 +18,7 @@ from . import minilm
 from .tokenizer import WordTokenizer
 
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-NAMES = ("tiny-lm", "tiny-encoder")  # trained and shipped by this project
+NAMES = ("tiny-lm", "tiny-encoder", "tiny-lm-rope")  # trained and shipped by this project
 REAL_MODELS = (minilm.NAME,)  # published weights, read from an installed package
 
 __all__ = ["load", "info", "NAMES", "REAL_MODELS", "WordTokenizer", "checkpoint_paths"]
