@@ -16,18 +16,8 @@ def count(module, *, matrices_only: bool = False) -> int:
     return sum(math.prod(p.shape) for _, p in module.named_parameters() if not matrices_only or p.ndim == 2)
 
 
-class BlockBookkeeping:
-    """For ``TransformerBlock``: a per-sub-layer parameter count, and the attention weights of the last call."""
-
-    def parameter_counts(self, *, include_biases: bool = True) -> dict[str, int]:
-        """Parameters per sub-layer; ``include_biases=False`` counts only the weight matrices."""
-        counts = {
-            "attention": count(self.attention, matrices_only=not include_biases),
-            "feed_forward": count(self.feed_forward, matrices_only=not include_biases),
-            "norms": (count(self.norm1) + count(self.norm2)) if include_biases else 0,
-        }
-        counts["total"] = sum(counts.values())
-        return counts
+class ContextBookkeeping:
+    """``extend_context`` for every module that declares a context length (block, encoder, language model)."""
 
     def extend_context(self, max_len: int) -> None:
         """Raise the declared context length to ``max_len`` positions (a model with a learned table cannot).
@@ -43,13 +33,27 @@ class BlockBookkeeping:
             raise ValueError(f"extend_context raises the limit; max_len={max_len} is below the current {self.max_len}")
         self.max_len = max_len
 
+
+class BlockBookkeeping(ContextBookkeeping):
+    """For ``TransformerBlock``: a per-sub-layer parameter count, and the attention weights of the last call."""
+
+    def parameter_counts(self, *, include_biases: bool = True) -> dict[str, int]:
+        """Parameters per sub-layer; ``include_biases=False`` counts only the weight matrices."""
+        counts = {
+            "attention": count(self.attention, matrices_only=not include_biases),
+            "feed_forward": count(self.feed_forward, matrices_only=not include_biases),
+            "norms": (count(self.norm1) + count(self.norm2)) if include_biases else 0,
+        }
+        counts["total"] = sum(counts.values())
+        return counts
+
     @property
     def last_weights(self):
         """The attention weights of the last call, (..., n_heads, n_q, n_k) (``attention.last_weights``)."""
         return self.attention.last_weights
 
 
-class StackBookkeeping:
+class StackBookkeeping(ContextBookkeeping):
     """For a stack of ``blocks``: every layer's attention weights of the last call."""
 
     @property
@@ -73,20 +77,6 @@ class EncoderBookkeeping(StackBookkeeping):
         counts["total"] = sum(counts.values())
         return counts
 
-    def extend_context(self, max_len: int) -> None:
-        """Raise the declared context length to ``max_len`` positions (a model with a learned table cannot).
-
-        RoPE, ALiBi and position-free models have no parameter tied to a position, so the limit is only a
-        declaration; a learned position table has exactly ``max_len`` rows.
-        """
-        max_len = _checks.positive_int("max_len", max_len)
-        if self.positional == "learned":
-            raise ValueError(f"positional='learned': the position table has {self.max_len} rows, one per position, "
-                             f"and no vector for later positions; it cannot be extended to max_len={max_len}")
-        if max_len < self.max_len:
-            raise ValueError(f"extend_context raises the limit; max_len={max_len} is below the current {self.max_len}")
-        self.max_len = max_len
-
 
 class LanguageModelBookkeeping(StackBookkeeping):
     """For ``TransformerLM``: a parameter count by kind, and every layer's attention weights of the last call."""
@@ -103,20 +93,6 @@ class LanguageModelBookkeeping(StackBookkeeping):
         }
         counts["total"] = sum(counts.values())
         return counts
-
-    def extend_context(self, max_len: int) -> None:
-        """Raise the declared context length to ``max_len`` positions (a model with a learned table cannot).
-
-        RoPE, ALiBi and position-free models have no parameter tied to a position, so the limit is only a
-        declaration; a learned position table has exactly ``max_len`` rows.
-        """
-        max_len = _checks.positive_int("max_len", max_len)
-        if self.positional == "learned":
-            raise ValueError(f"positional='learned': the position table has {self.max_len} rows, one per position, "
-                             f"and no vector for later positions; it cannot be extended to max_len={max_len}")
-        if max_len < self.max_len:
-            raise ValueError(f"extend_context raises the limit; max_len={max_len} is below the current {self.max_len}")
-        self.max_len = max_len
 
 
 class LatentBookkeeping:
