@@ -578,8 +578,11 @@ def spawn_ring(world_size: int, function, *args, timeout: float = 120.0) -> list
                 errors.append((rank, value))
                 break  # the other ranks may now wait forever on the failed one
         if errors:
-            rank, message = errors[0]
-            raise RuntimeError(f"rank {rank} of the ring failed:\n{message}")
+            errors += _later_errors(results, processes, len(answers) + len(errors))
+            rank, message = min(errors, key=lambda error: (_hears_of_a_peer(error[1]), error[0]))
+            others = sorted(r for r, _ in errors if r != rank)
+            also = f" (rank(s) {others} failed after it, losing their connection)" if others else ""
+            raise RuntimeError(f"rank {rank} of the ring failed{also}:\n{message}")
         finished = True
         return [answers[rank] for rank in range(world_size)]
     finally:
@@ -588,6 +591,33 @@ def spawn_ring(world_size: int, function, *args, timeout: float = 120.0) -> list
             if process.is_alive():
                 process.kill()
                 process.join()
+
+
+def _hears_of_a_peer(message: str) -> bool:
+    """Whether a rank's traceback is gloo reporting that a peer went away, the echo of a failure elsewhere."""
+    return "gloo" in message and ("Connection reset" in message or "Connection closed" in message)
+
+
+def _later_errors(results, processes, reported: int, grace: float = 5.0) -> list:
+    """The failures other ranks report within ``grace`` seconds of the first one.
+
+    When one rank raises, its peers soon fail too, on a broken connection; which report arrives first is a race.
+    Waiting a moment for theirs lets the caller name the rank that failed first on its own account.
+    """
+    errors, deadline = [], datetime.datetime.now() + datetime.timedelta(seconds=grace)
+    while reported + len(errors) < len(processes):
+        left = (deadline - datetime.datetime.now()).total_seconds()
+        if left <= 0:
+            break
+        try:
+            rank, status, value = results.get(timeout=min(left, 0.5))
+        except queue.Empty:
+            if all(p.exitcode is not None for p in processes):
+                break  # everyone has gone and nothing more is on its way
+            continue
+        if status == "error":
+            errors.append((rank, value))
+    return errors
 
 
 def _demo_rank(rank, world_size, n, d, causal, layout, seed, backward):
