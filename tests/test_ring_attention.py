@@ -241,7 +241,7 @@ def test_merging_two_halves_by_log_sum_exp_gives_the_whole():
     q, k, v, _ = whole_sequence(12, seed=7)
     parts = [at.flash_attention(q, k[..., keys, :], v[..., keys, :], return_lse=True)
              for keys in (slice(0, 5), slice(5, 12))]
-    output, lse = distributed.merge_partials(*parts[0], *parts[1])
+    output, lse = distributed.merge_by_lse(*parts[0], *parts[1])
     whole, whole_lse = at.flash_attention(q, k, v, return_lse=True)
     torch.testing.assert_close(output, whole, rtol=0, atol=1e-14)
     torch.testing.assert_close(lse, whole_lse, rtol=0, atol=1e-14)
@@ -249,6 +249,6 @@ def test_merging_two_halves_by_log_sum_exp_gives_the_whole():
     distributed._merge_into(*in_place, *[x.clone() for x in parts[1]])
     torch.testing.assert_close(in_place[0], output, rtol=0, atol=1e-15)
     empty = (torch.zeros_like(output), torch.full_like(lse, float("-inf")))  # nothing seen yet: weight 0
-    assert torch.equal(distributed.merge_partials(*empty, output, lse)[0], output)
+    assert torch.equal(distributed.merge_by_lse(*empty, output, lse)[0], output)
     with pytest.raises(ValueError, match="the parts must have one shape"):
-        distributed.merge_partials(output, lse, output[..., :3, :], lse[..., :3])
+        distributed.merge_by_lse(output, lse, output[..., :3, :], lse[..., :3])

@@ -137,14 +137,15 @@ def _pieces(x, count: int) -> list:
     return list(torch.chunk(x, count, dim=-2))
 
 
-def merge_partials(output, lse, partial_output, partial_lse):
+def merge_by_lse(output, lse, partial_output, partial_lse):
     """Merge two partial attention results of the same query rows by log-sum-exp -> (output, lse).
 
     Each part attended to its own keys: ``output`` (..., rows, d_v) is its normalised output and ``lse`` (..., rows)
     the log of its softmax denominator, log(sum(exp(scores))) over its keys. Together the denominator is
     exp(lse_a) + exp(lse_b), so lse = log(exp(lse_a) + exp(lse_b)), and each part's output counts with its share
     of it, exp(lse_part - lse). A row that has seen nothing yet has lse = -inf and weight 0 (``torch.logaddexp``
-    keeps that exact). The same merge as chapter 9's ``merge`` of online-softmax states, written for outputs.
+    keeps that exact). The same merge as chapter 9's ``merge`` of online-softmax states and split-KV's
+    ``merge_partials`` of (m, l, acc) states, written for what a FlashAttention pass returns: (output, lse).
     """
     for name, x in (("output", output), ("lse", lse), ("partial_output", partial_output),
                     ("partial_lse", partial_lse)):
@@ -160,7 +161,7 @@ def merge_partials(output, lse, partial_output, partial_lse):
 
 
 def _merge_into(output, lse, partial_output, partial_lse) -> None:
-    """``merge_partials`` in place, into ``output`` and ``lse`` (and scaling ``partial_output``, which is spent).
+    """``merge_by_lse`` in place, into ``output`` and ``lse`` (and scaling ``partial_output``, which is spent).
 
     The ring merges once per chunk pair; written in place, a merge allocates only per-row vectors, not three more
     outputs' worth of memory.
