@@ -261,12 +261,18 @@ def heads_of(q, k, v) -> tuple:
             return tuple(np.broadcast_shapes(tuple(q.shape[:-2]), tuple(k.shape[:-2]), tuple(v.shape[:-2])))
         except ValueError:
             pass
-    if q.ndim < 3 or k.ndim < 3 or v.ndim < 3 or k.shape[-3] != v.shape[-3] or q.shape[-3] % k.shape[-3]:
+    if q.ndim < 3 or k.ndim < 3 or v.ndim < 3:
+        raise ValueError(f"batch dimensions of q, k and v do not broadcast, got {shapes}")
+    n_heads, n_kv_heads = q.shape[-3], k.shape[-3]
+    if n_heads % n_kv_heads:
         raise ValueError(
-            "batch dimensions of q, k and v do not broadcast, and the head axis (dim -3) is not grouped-query "
-            "attention either (the number of query heads must be a multiple of the number of key/value heads, "
-            f"and k and v must have the same heads), got {shapes}"
+            f"batch dimensions of q, k and v do not broadcast, got {shapes}. Read as heads (dimension -3), q has "
+            f"{n_heads} heads and k has {n_kv_heads}: grouped-query attention needs the number of query heads to be "
+            "a multiple of the number of key/value heads (n_heads % n_kv_heads == 0)"
         )
+    if v.shape[-3] != n_kv_heads:
+        raise ValueError(f"k and v must have the same number of heads (dimension -3) for grouped-query attention, "
+                         f"got {shapes}")
     try:
         batch = np.broadcast_shapes(tuple(q.shape[:-3]), tuple(k.shape[:-3]), tuple(v.shape[:-3]))
     except ValueError:
@@ -426,22 +432,8 @@ def scores_underflowed(dtype, n_rows: int) -> OverflowError:
 def query_groups(q, k, v) -> int:
     """How many query heads share one key/value head: 1, or G > 1 for grouped-query attention.
 
-    Heads are dimension -3 of q (..., n_heads, n_q, d_k) and k, v (..., n_kv_heads, n_k, d). When the two counts
-    differ and neither is 1 (1 is ordinary broadcasting), n_heads must be a multiple of n_kv_heads: query head h
-    then uses key/value head h // G with G = n_heads // n_kv_heads, as in grouped-query attention.
+    The rule of :func:`heads_of` (which refuses anything else): query head h uses key/value head h // G, with
+    G = n_heads // n_kv_heads, read along dimension -3 of q (..., n_heads, n_q, d_k) and k, v (..., n_kv_heads, n_k, d).
     """
-    if q.ndim < 3 or k.ndim < 3:
-        return 1
-    n_heads, n_kv_heads = q.shape[-3], k.shape[-3]
-    if n_heads == n_kv_heads or 1 in (n_heads, n_kv_heads):
-        return 1
-    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
-    if n_heads % n_kv_heads:
-        raise ValueError(
-            f"batch dimensions of q, k and v do not broadcast, got {shapes}. Read as heads (dimension -3), q has "
-            f"{n_heads} heads and k has {n_kv_heads}: grouped-query attention needs the number of query heads to be "
-            "a multiple of the number of key/value heads (n_heads % n_kv_heads == 0)"
-        )
-    if v.ndim >= 3 and v.shape[-3] not in (n_kv_heads, 1):
-        raise ValueError(f"k and v must have the same number of heads (dimension -3), got {shapes}")
-    return n_heads // n_kv_heads
+    heads_of(q, k, v)
+    return q.shape[-3] // k.shape[-3] if is_grouped(q, k) else 1

@@ -188,11 +188,11 @@ BAD = [
     ("bias numpy to torch", lambda: at.attention(_t(4, 3), _t(4, 3), _t(4, 3), bias=np.zeros((4, 4))), TypeError,
      r"bias is a NumPy array"),
     ("heads do not divide", lambda: at.attention(_t(2, 6, 4, 3), _t(2, 4, 4, 3), _t(2, 4, 4, 3)), ValueError,
-     r"multiple of the number of key/value heads.*q \(2, 6, 4, 3\), k \(2, 4, 4, 3\)"),
+     r"q \(2, 6, 4, 3\), k \(2, 4, 4, 3\).*q has 6 heads and k has 4.*multiple of the number of key/value"),
     ("heads do not divide numpy", lambda: anp.attention(_n(3, 4, 3), _n(2, 4, 3), _n(2, 4, 3)), ValueError,
-     r"multiple of the number of key/value heads.*q \(3, 4, 3\), k \(2, 4, 3\)"),
+     r"q \(3, 4, 3\), k \(2, 4, 3\).*q has 3 heads and k has 2.*multiple of the number of key/value"),
     ("k and v heads differ", lambda: at.attention(_t(6, 4, 3), _t(2, 4, 3), _t(3, 4, 3)), ValueError,
-     r"k and v must have the same heads.*v \(3, 4, 3\)"),
+     r"k and v must have the same number of heads.*v \(3, 4, 3\)"),
 ]
 
 
