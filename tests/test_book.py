@@ -119,3 +119,24 @@ def test_the_site_offers_each_chapter_as_an_executed_notebook(name):
     assert sum(bool(cell.get("outputs")) for cell in code_cells) >= len(code_cells) // 2, "the notebook is executed"
     page_links = _parse(site / f"{name}.html").links
     assert any(link.endswith(f"_sources/{name}.ipynb") for link in page_links), "the page links its notebook"
+
+
+# A code line the reader sees must fit the content column of a 1280 px window: 684 px of <pre> less 32 px of
+# padding at 8.43 px per character of the theme's 14 px monospace font is 77 characters (tests/test_layout_browser.py
+# measures the built pages; this finds the same lines in the source, before a build).
+MAX_CODE_LINE = 77
+
+
+@pytest.mark.parametrize("name", TEACHING_CHAPTERS)
+def test_every_shown_code_line_fits_the_column(name):
+    import jupytext
+
+    notebook = jupytext.read(source(name))
+    long_lines = []
+    for cell in notebook.cells:
+        tags = set(cell.metadata.get("tags", []))
+        if cell.cell_type != "code" or tags & {"remove-input", "remove-cell"}:
+            continue
+        long_lines += [line for line in cell.source.splitlines() if len(line) > MAX_CODE_LINE]
+    assert not long_lines, (f"{name}: {len(long_lines)} code line(s) longer than {MAX_CODE_LINE} characters, "
+                            "which would scroll sideways at 1280 px:\n" + "\n".join(long_lines))
