@@ -27,6 +27,7 @@ def test_every_number_in_the_table_comes_from_its_source():
     assert counts["feed_forward"] * 3 == counts["total"] * 2  # exactly 2/3
     kv_cache = results("kv_cache.json")
     assert kv_cache["same_tokens"] and kv_cache["generated_tokens"] == 512
+    assert all(run["same_tokens"] for run in kv_cache["by_threads"].values())
     paged = results("paged_cache.json")
     paged_memory, paged_decode = paged["memory"], paged["decode"]
     assert paged_decode["same_tokens"] and paged_decode["generated_tokens"] == 512
@@ -46,7 +47,8 @@ def test_every_number_in_the_table_comes_from_its_source():
     ring_over_goal = max(row["forward_sequence_peak_over_goal"] for row in ring["memory"])
     expected = [
         "exactly 2/3 of the weight matrices at d_model = 512, d_ff = 2048",
-        f"{kv_cache['speedup']:.1f}× faster for {kv_cache['generated_tokens']} tokens",
+        f"{kv_cache['by_threads']['1']['speedup']:.1f}× faster on 1 thread and "
+        f"{kv_cache['by_threads']['2']['speedup']:.1f}× on 2 for {kv_cache['generated_tokens']} tokens",
         f"{paged_memory['utilisation']['paged']:.1%} of the reserved KV memory holds keys and values",
         f"{paged_memory['requests']} simulated requests (preallocating max_len: "
         f"{paged_memory['utilisation']['contiguous_max_length']:.1%}; the vLLM paper: about 96% vs 20–38%)",

@@ -100,7 +100,10 @@ def _attention(q, k, v, allowed, scale: float, bias=None):
         scores = torch.where(allowed, scores, float("-inf"))  # -inf before softmax = exactly zero weight after
     if _settings.finite_checks():
         _check_scores(scores.detach(), allowed)
-    weights = _softmax(scores, dim=-1)
+    # With nothing masked every row has a finite maximum, and PyTorch's fused softmax computes the same
+    # exp(s - max) / sum in one pass (a decoding step's query is such a row); only a mask can leave a row all -inf,
+    # where the explicit version gives zeros instead of NaN.
+    weights = torch.softmax(scores, dim=-1) if allowed is None else _softmax(scores, dim=-1)
     if not grouped:
         return weights @ v, weights
     output = weights.flatten(-3, -2) @ v  # (..., H_kv, G * n_q, d_v)
@@ -119,8 +122,8 @@ def _split_groups(x, n_kv_heads: int):
 
 def _check_scores(scores, allowed) -> None:
     """One overflow policy for attention and flash_attention: +inf/NaN raise; so does a row that is -inf by overflow."""
-    if bool(torch.isfinite(scores).all()):
-        return  # the usual case, settled in one pass: no NaN, no +inf, and every row has a finite score
+    if _checks._all_finite(scores):
+        return  # the usual case: no NaN, no +inf, and every row has a finite score
     if bool(torch.isnan(scores).any() | torch.isposinf(scores).any()):
         raise _checks.scores_overflowed(scores.dtype)
     nothing_finite = torch.isneginf(scores).all(dim=-1)  # (..., n_q)

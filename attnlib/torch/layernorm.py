@@ -47,7 +47,7 @@ class LayerNorm(Module):
         return self._forward(x)
 
     def _forward(self, x):
-        mean = x.mean(dim=-1, keepdim=True)
-        variance = x.var(dim=-1, keepdim=True, unbiased=False)  # biased (divide by d), as in the LayerNorm paper
-        scaled = (x - mean) / torch.sqrt(variance + self.eps) * self.weight
+        # One pass for both statistics; biased variance (divide by d), as in the LayerNorm paper.
+        variance, mean = torch.var_mean(x, dim=-1, keepdim=True, correction=0)
+        scaled = (x - mean) * torch.rsqrt(variance + self.eps) * self.weight
         return scaled + self.bias if self._has_bias else scaled
