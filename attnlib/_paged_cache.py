@@ -48,8 +48,11 @@ class PagedKVCache:
     def _zeros(shape, dtype, device):
         raise NotImplementedError
 
+    def _index(self, blocks: list[int]):  # a block table as an integer array that indexes the pools
+        raise NotImplementedError
+
     @staticmethod
-    def _take(pools, blocks: list[int]):  # pools (..., n_blocks, H, block_size, d) -> the listed blocks, in order
+    def _take(pools, index):  # pools (..., n_blocks, H, block_size, d) -> the indexed blocks, in order
         raise NotImplementedError
 
     @staticmethod
@@ -79,6 +82,7 @@ class PagedKVCache:
         self._free = list(reversed(range(self.n_blocks)))
         self._tables: dict[int, list[int]] = {}
         self._lengths: dict[int, int] = {}
+        self._indices: dict[int, tuple] = {}  # seq -> (table length, the table as an index array)
         self._next_id = 0
 
     # ----------------------------------------------------------------------------------------------------------
@@ -181,6 +185,7 @@ class PagedKVCache:
         seq = self._known(seq)
         self._free.extend(reversed(self._tables.pop(seq)))
         del self._lengths[seq]
+        self._indices.pop(seq, None)
 
     # ----------------------------------------------------------------------------------------------------------
     # The steps (on checked arguments); a model writes and reads one layer at a time
@@ -225,12 +230,25 @@ class PagedKVCache:
 
         One indexed read per pool picks the sequence's blocks, in block-table order, wherever they lie.
         """
-        table, length = self._tables[seq], self._lengths[seq]
-        return self._read_blocks(self.key_pool, layers, table, length), self._read_blocks(
-            self.value_pool, layers, table, length)
+        index, length = self._table_index(seq), self._lengths[seq]
+        return self._read_blocks(self.key_pool, layers, index, length), self._read_blocks(
+            self.value_pool, layers, index, length)
 
-    def _read_blocks(self, pool, layers, table, length):
-        blocks = self._take(pool[layers], table)  # (..., blocks, H, block_size, d): in table order
+    def _table_index(self, seq: int):
+        """The block table of ``seq`` as an index array, made again only when the table has grown.
+
+        A table gains a block once every block_size positions, while every layer reads it, for keys and for values,
+        at every step: building the index once per table saves most of the per-step cost of a paged read.
+        """
+        table = self._tables[seq]
+        cached = self._indices.get(seq)
+        if cached is None or cached[0] != len(table):
+            cached = self._indices[seq] = (len(table), self._index(table))
+        return cached[1]
+
+    def _read_blocks(self, pool, layers, index, length):
+        """The first ``length`` positions of the blocks that ``index`` lists (see ``_index``), in that order."""
+        blocks = self._take(pool[layers], index)  # (..., blocks, H, block_size, d): in the index's order
         blocks = blocks.swapaxes(-4, -3)  # (..., H, blocks, block_size, d)
         shape = tuple(blocks.shape)
         positions = blocks.reshape(shape[:-3] + (shape[-3] * shape[-2], shape[-1]))  # (..., H, blocks·size, d)
@@ -251,6 +269,7 @@ class PagedKVCache:
         tables, lengths, free, next_id = snapshot
         self._tables = {seq: list(table) for seq, table in tables.items()}
         self._lengths, self._free, self._next_id = dict(lengths), list(free), next_id
+        self._indices = {}
 
 
 def attention_call(q, cache, seqs, layer, n_splits, scale, *, as_array, cache_class):

@@ -27,9 +27,12 @@ class PagedKVCache(_paged_cache.PagedKVCache):
     def _zeros(shape, dtype, device):
         return np.zeros(shape, dtype=dtype)
 
+    def _index(self, blocks):
+        return np.asarray(blocks, dtype=np.intp)
+
     @staticmethod
-    def _take(pools, blocks):
-        return np.take(pools, np.asarray(blocks, dtype=np.intp), axis=-4)  # (..., blocks, H, block_size, d)
+    def _take(pools, index):
+        return np.take(pools, index, axis=-4)  # (..., blocks, H, block_size, d)
 
     @staticmethod
     def _as_array(name, x):

@@ -187,8 +187,9 @@ def _paged_chunk(q_scaled, cache, layer: int, blocks, first_block: int, length: 
         return start
     first_position = first_block * cache.block_size
     count = min(len(blocks) * cache.block_size, length - first_position)  # the last block may be partly empty
-    k = cache._read_blocks(cache.key_pool, layer, list(blocks), count).astype(dtype, copy=False)  # (H, count, d)
-    v = cache._read_blocks(cache.value_pool, layer, list(blocks), count).astype(dtype, copy=False)
+    index = cache._index(list(blocks))  # this chunk's blocks
+    k = cache._read_blocks(cache.key_pool, layer, index, count).astype(dtype, copy=False)  # (H, count, d)
+    v = cache._read_blocks(cache.value_pool, layer, index, count).astype(dtype, copy=False)
     visible = None
     if n_q > 1:  # the queries are the sequence's last n_q positions: bottom-right aligned, as everywhere
         visible = tiling.causal_visible(0, n_q, first_position, first_position + count, length - n_q)

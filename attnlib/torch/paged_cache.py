@@ -27,9 +27,11 @@ class PagedKVCache(_paged_cache.PagedKVCache):
     def _zeros(shape, dtype, device):
         return torch.zeros(shape, dtype=dtype, device=device)
 
+    def _index(self, blocks):
+        return torch.tensor(blocks, dtype=torch.long, device=self.key_pool.device)
+
     @staticmethod
-    def _take(pools, blocks):
-        index = torch.tensor(blocks, dtype=torch.long, device=pools.device)
+    def _take(pools, index):
         return pools.index_select(-4, index)  # (..., blocks, H, block_size, d)
 
     @staticmethod

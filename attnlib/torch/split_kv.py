@@ -209,8 +209,9 @@ def _paged_chunk(q_scaled, cache, layer: int, blocks, first_block: int, length: 
         return start
     first_position = first_block * cache.block_size
     count = min(len(blocks) * cache.block_size, length - first_position)  # the last block may be partly empty
-    k = cache._read_blocks(cache.key_pool, layer, list(blocks), count).to(dtype)  # (H, count, d)
-    v = cache._read_blocks(cache.value_pool, layer, list(blocks), count).to(dtype)
+    index = cache._index(list(blocks))  # this chunk's blocks
+    k = cache._read_blocks(cache.key_pool, layer, index, count).to(dtype)  # (H, count, d)
+    v = cache._read_blocks(cache.value_pool, layer, index, count).to(dtype)
     visible = None
     if n_q > 1:  # the queries are the sequence's last n_q positions: bottom-right aligned, as everywhere
         visible = torch.from_numpy(
