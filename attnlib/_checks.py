@@ -190,6 +190,42 @@ def scores(name: str, x):
     return x
 
 
+def cache_pair(as_array, names, first, second) -> tuple:
+    """The two new arrays of a cache append (say k and v), converted by ``as_array`` and checked: floating point, at
+    least (n, d), one dtype. Whether they extend what the cache holds is :func:`extends_cache`'s question."""
+    first, second = as_array(names[0], first), as_array(names[1], second)
+    for name, x in zip(names, (first, second), strict=True):
+        floating_array(name, x, min_ndim=2)
+    same_dtype(**{names[0]: first, names[1]: second})
+    return first, second
+
+
+def extends_cache(names, shapes, held, dtype, device=None, *, held_names=None) -> None:
+    """Raise unless two new arrays (say k and v) of ``shapes`` can be appended to the pair a cache ``held``.
+
+    The two must share their batch dimensions and number of positions (all but the last dim); against what is held
+    (None: nothing yet), the batch dimensions and each array's last dim must match, and so must dtype and device.
+    ``held_names`` name the held pair in messages (e.g. "keys", "values"; default: ``names``).
+    """
+    (first, second), (first_shape, second_shape) = names, (tuple(shape) for shape in shapes)
+    held_first, held_second = held_names or names
+    if len(first_shape) < 2 or first_shape[:-1] != second_shape[:-1]:
+        raise ValueError(f"{first} and {second} must share their batch dimensions and number of positions, got "
+                         f"{first} {first_shape} and {second} {second_shape}")
+    if held is None:
+        return
+    old_first, old_second = held
+    cached = f"the cached {held_first} {tuple(old_first.shape)} and {held_second} {tuple(old_second.shape)}"
+    if first_shape[:-2] != tuple(old_first.shape[:-2]) or first_shape[-1] != old_first.shape[-1]:
+        raise ValueError(f"{first} of shape {first_shape} does not extend {cached}")
+    if second_shape[-1] != old_second.shape[-1]:
+        raise ValueError(f"{second} of shape {second_shape} does not extend {cached}")
+    if dtype != old_first.dtype:
+        raise TypeError(f"new {held_first} and {held_second} have dtype {dtype}, the cache holds {old_first.dtype}")
+    if device is not None and device != old_first.device:
+        raise ValueError(f"new {held_first} and {held_second} are on {device}, the cache is on {old_first.device}")
+
+
 def last_dim(name: str, x, expected: int) -> None:
     if x.shape[-1] != expected:
         raise ValueError(f"{name} must have last dimension {expected}, got shape {tuple(x.shape)}")

@@ -91,33 +91,15 @@ class LayerCache:
 
     def check_extends(self, k_shape, v_shape, dtype, device=None) -> None:
         """Raise unless new keys/values of these shapes and dtype can be appended to what is cached."""
-        k_shape, v_shape = tuple(k_shape), tuple(v_shape)
-        if len(k_shape) < 2 or k_shape[:-1] != v_shape[:-1]:
-            raise ValueError(
-                f"k and v must share their batch dimensions and number of positions, got k {k_shape} and v {v_shape}"
-            )
-        if self._end == self._start:
-            return
-        keys, values = self.keys, self.values
-        cached = f"the cached keys {tuple(keys.shape)} and values {tuple(values.shape)}"
-        if k_shape[:-2] != tuple(keys.shape[:-2]) or k_shape[-1] != keys.shape[-1]:
-            raise ValueError(f"k of shape {k_shape} does not extend {cached}")
-        if v_shape[-1] != values.shape[-1]:
-            raise ValueError(f"v of shape {v_shape} does not extend {cached}")
-        if dtype != keys.dtype:
-            raise TypeError(f"new keys and values have dtype {dtype}, the cache holds {keys.dtype}")
-        if device is not None and device != keys.device:
-            raise ValueError(f"new keys and values are on {device}, the cache is on {keys.device}")
+        held = None if self._end == self._start else (self.keys, self.values)
+        _checks.extends_cache(("k", "v"), (k_shape, v_shape), held, dtype, device, held_names=("keys", "values"))
 
     def append(self, k, v):
         """Add the new positions' k and v; return all keys and values so far (the new ones last).
 
         Both are checked before either is stored: a refused call leaves the cache as it was.
         """
-        k, v = self._as_array("k", k), self._as_array("v", v)
-        for name, x in (("k", k), ("v", v)):
-            _checks.floating_array(name, x, min_ndim=2)
-        _checks.same_dtype(k=k, v=v)
+        k, v = _checks.cache_pair(self._as_array, ("k", "v"), k, v)
         self.check_extends(k.shape, v.shape, k.dtype, getattr(k, "device", None))
         return self._append(k, v)
 

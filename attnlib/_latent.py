@@ -50,31 +50,15 @@ class LatentCache:
 
     def check_extends(self, c_kv_shape, k_rope_shape, dtype, device=None) -> None:
         """Raise unless ``c_kv`` and ``k_rope`` of these shapes and dtype can be appended to what is cached."""
-        c_kv_shape, k_rope_shape = tuple(c_kv_shape), tuple(k_rope_shape)
-        if len(c_kv_shape) < 2 or c_kv_shape[:-1] != k_rope_shape[:-1]:
-            raise ValueError(f"c_kv and k_rope must share their batch dimensions and number of positions, got "
-                             f"c_kv {c_kv_shape} and k_rope {k_rope_shape}")
-        if self.c_kv is None:
-            return
-        cached = f"the cached c_kv {tuple(self.c_kv.shape)} and k_rope {tuple(self.k_rope.shape)}"
-        if c_kv_shape[:-2] != tuple(self.c_kv.shape[:-2]) or c_kv_shape[-1] != self.c_kv.shape[-1]:
-            raise ValueError(f"c_kv of shape {c_kv_shape} does not extend {cached}")
-        if k_rope_shape[-1] != self.k_rope.shape[-1]:
-            raise ValueError(f"k_rope of shape {k_rope_shape} does not extend {cached}")
-        if dtype != self.c_kv.dtype:
-            raise TypeError(f"new c_kv and k_rope have dtype {dtype}, the cache holds {self.c_kv.dtype}")
-        if device is not None and device != self.c_kv.device:
-            raise ValueError(f"new c_kv and k_rope are on {device}, the cache is on {self.c_kv.device}")
+        held = None if self.c_kv is None else (self.c_kv, self.k_rope)
+        _checks.extends_cache(("c_kv", "k_rope"), (c_kv_shape, k_rope_shape), held, dtype, device)
 
     def append(self, c_kv, k_rope):
         """Add new positions' ``c_kv`` (..., n, d_latent) and ``k_rope`` (..., n, d_rope); return all so far.
 
         Both are checked before either is stored: a refused call leaves the cache as it was.
         """
-        c_kv, k_rope = self._as_array("c_kv", c_kv), self._as_array("k_rope", k_rope)
-        for name, x in (("c_kv", c_kv), ("k_rope", k_rope)):
-            _checks.floating_array(name, x, min_ndim=2)
-        _checks.same_dtype(c_kv=c_kv, k_rope=k_rope)
+        c_kv, k_rope = _checks.cache_pair(self._as_array, ("c_kv", "k_rope"), c_kv, k_rope)
         self.check_extends(c_kv.shape, k_rope.shape, c_kv.dtype, getattr(c_kv, "device", None))
         return self._append(c_kv, k_rope)
 
