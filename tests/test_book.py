@@ -140,3 +140,12 @@ def test_every_shown_code_line_fits_the_column(name):
         long_lines += [line for line in cell.source.splitlines() if len(line) > MAX_CODE_LINE]
     assert not long_lines, (f"{name}: {len(long_lines)} code line(s) longer than {MAX_CODE_LINE} characters, "
                             "which would scroll sideways at 1280 px:\n" + "\n".join(long_lines))
+
+
+@pytest.mark.parametrize("name", [name for name in toc_files() if source(name) and source(name).suffix == ".md"])
+def test_every_colon_fence_closes_on_a_line_of_its_own(name):
+    """A ``:::`` at the end of a line of text does not close a directive: the box swallows what follows it (in
+    JupyterLab the reader sees the colons)."""
+    text = source(name).read_text()
+    stray = [line for line in text.splitlines() if re.search(r"\S\s+:{3,}\s*$", line)]
+    assert not stray, f"{name}: a closing ':::' shares its line with text:\n" + "\n".join(stray)
