@@ -1,4 +1,5 @@
-"""What every benchmark records about the machine it ran on; each script adds the versions it depends on.
+"""What every benchmark records about the machine it ran on (each script adds the versions it depends on), and how
+the timing benchmarks take turns.
 
 Benchmarks are run as scripts (``python benchmarks/bench_x.py``), which puts this folder first on ``sys.path``,
 so they import this module as ``_machine``.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import time
 
 
 def cpu_model() -> str:
@@ -34,3 +36,17 @@ def host_info(**extra) -> dict:
         "load_average_at_start": list(os.getloadavg()),
         **extra,
     }
+
+
+def take_turns(runs: dict, repeats: int) -> dict[str, list[float]]:
+    """Wall-clock seconds of ``repeats`` calls of each of ``runs`` (name -> function of no arguments).
+
+    The runs take turns within each repeat, so a burst of load on a shared machine hits all of them, not one.
+    """
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            start = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - start)
+    return times

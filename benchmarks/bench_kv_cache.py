@@ -23,11 +23,10 @@ for variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import json  # noqa: E402
 import statistics  # noqa: E402
-import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from _machine import host_info  # noqa: E402
+from _machine import host_info, take_turns  # noqa: E402
 
 import attnlib  # noqa: E402
 from attnlib import pretrained  # noqa: E402
@@ -41,12 +40,6 @@ def machine(threads: int) -> dict:
     return host_info(torch=torch.__version__, attnlib=attnlib.__version__, torch_threads=threads)
 
 
-def timed(function) -> tuple[float, torch.Tensor]:
-    start = time.perf_counter()
-    result = function()
-    return time.perf_counter() - start, result
-
-
 def measure(model, prompt, n_new: int, repeats: int, threads: int) -> dict:
     """Time generate() with and without the cache on ``threads`` threads; the medians, every run and the ratio."""
     torch.set_num_threads(threads)
@@ -57,11 +50,7 @@ def measure(model, prompt, n_new: int, repeats: int, threads: int) -> dict:
     outputs = {name: run() for name, run in runs.items()}  # warm-up, and the outputs to compare
     if not torch.equal(outputs["with_cache"], outputs["without_cache"]):
         raise RuntimeError("generation with and without the KV cache gave different tokens")
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():  # take turns, so a burst of load hits both
-            seconds, _ = timed(run)
-            times[name].append(seconds)
+    times = take_turns(runs, repeats)
     median = {name: statistics.median(values) for name, values in times.items()}
     return {
         "threads": threads,

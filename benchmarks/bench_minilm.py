@@ -28,7 +28,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-from _machine import host_info  # noqa: E402
+from _machine import host_info, take_turns  # noqa: E402
 
 import attnlib  # noqa: E402
 from attnlib.pretrained import load, minilm  # noqa: E402
@@ -92,12 +92,7 @@ def main() -> None:
                       for ours, theirs, (_, key_mask) in zip(outputs["attnlib"], output, batches, strict=True))
             for name, output in outputs.items() if name != "attnlib"
         }
-        times = {name: [] for name in methods}
-        for _ in range(repeats):  # the methods take turns, so a slow spell of the machine hits all of them
-            for name, function in methods.items():
-                start = time.perf_counter()
-                function()
-                times[name].append(time.perf_counter() - start)
+        times = take_turns(methods, repeats)
     seconds = {name: statistics.median(values) for name, values in times.items()}
     report = {
         "description": f"Encode {count} sentences in batches of {batch} (padded per batch) with all-MiniLM-L6-v2, "

@@ -42,7 +42,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _machine import host_info  # noqa: E402
+from _machine import host_info, take_turns  # noqa: E402
 
 import attnlib  # noqa: E402
 import attnlib.numpy as anp  # noqa: E402
@@ -131,12 +131,7 @@ def decode_times(n_new: int, repeats: int) -> dict:
     outputs = {name: run() for name, run in runs.items()}  # warm-up, and the tokens to compare
     if not torch.equal(outputs["contiguous"], outputs["paged"]):
         raise RuntimeError("the paged and the contiguous cache generated different tokens")
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for _ in range(repeats):
-        for name, run in runs.items():  # take turns, so a burst of load hits both
-            start = time.perf_counter()
-            run()
-            times[name].append(time.perf_counter() - start)
+    times = take_turns(runs, repeats)
     median = {name: statistics.median(values) for name, values in times.items()}
     return {
         "model": "tiny-lm",

@@ -9,6 +9,7 @@ import pytest
 from test_site_browser import (  # noqa: F401 -- browser, site_url and open_page are fixtures used below
     GALLERY,
     browser,
+    figure_in_column,
     open_page,
     pages_showing,
     screenshot,
@@ -64,19 +65,7 @@ def test_stepping_changes_the_tables_the_pool_and_the_utilisation(open_page, pat
 @pytest.mark.parametrize("path", PAGES)
 def test_the_figure_stays_inside_the_content_column(open_page, path, width):  # noqa: F811 -- the fixture
     visit = open_page(path)
-    visit.page.set_viewport_size({"width": width, "height": 900})
-    figure = visit.page.locator(".attnlib-block-table").first
-    figure.scroll_into_view_if_needed()
-    box = figure.evaluate("""figure => {
-        const column = figure.closest("article") || figure.closest("main");
-        const inside = [...figure.querySelectorAll("*")].map((node) => node.getBoundingClientRect())
-            .filter((r) => r.width > 0 || r.height > 0);
-        return { columnLeft: column.getBoundingClientRect().left, columnRight: column.getBoundingClientRect().right,
-                 left: Math.min(...inside.map((r) => r.left)), right: Math.max(...inside.map((r) => r.right)),
-                 scrollWidth: figure.scrollWidth, clientWidth: figure.clientWidth };
-    }""")
-    assert box["scrollWidth"] <= box["clientWidth"] + 1, f"the figure scrolls sideways at {width} px: {box}"
-    assert box["columnLeft"] - 1 <= box["left"] and box["right"] <= box["columnRight"] + 1, box
+    figure = figure_in_column(visit, ".attnlib-block-table", width)
     name = path.split("/")[-1].removesuffix(".html")
     screenshot(figure, f"block_table_{name}_{width}px")
     assert visit.problems() == NO_PROBLEMS

@@ -9,6 +9,7 @@ import pytest
 from test_site_browser import (  # noqa: F401 -- browser, site_url and open_page are fixtures used below
     GALLERY,
     browser,
+    figure_in_column,
     open_page,
     pages_showing,
     screenshot,
@@ -80,29 +81,7 @@ def test_moving_a_slider_changes_the_numbers_to_attnlibs(open_page, path):  # no
 @pytest.mark.parametrize("path", PAGES)
 def test_the_figure_stays_inside_the_content_column(open_page, path, width):  # noqa: F811 -- the fixture
     visit = open_page(path)
-    visit.page.set_viewport_size({"width": width, "height": 900})
-    figure = visit.page.locator(".attnlib-roofline-view").first
-    figure.scroll_into_view_if_needed()
-    measure = """figure => {
-        const column = figure.closest("article") || figure.closest("main");
-        const inside = [...figure.querySelectorAll("*")].map((node) => node.getBoundingClientRect())
-            .filter((r) => r.width > 0 || r.height > 0);  // not drawn (an <option>, a <title>): no box
-        return { columnLeft: column.getBoundingClientRect().left, columnRight: column.getBoundingClientRect().right,
-                 left: Math.min(...inside.map((r) => r.left)), right: Math.max(...inside.map((r) => r.right)),
-                 scrollWidth: figure.scrollWidth, clientWidth: figure.clientWidth };
-    }"""
-
-    def inside(box) -> bool:
-        return box["scrollWidth"] <= box["clientWidth"] + 1 and \
-            box["columnLeft"] - 1 <= box["left"] and box["right"] <= box["columnRight"] + 1
-
-    for _ in range(20):  # the page may still be settling after the resize (fonts, equations typeset above it)
-        box = figure.evaluate(measure)
-        if inside(box):
-            break
-        visit.page.wait_for_timeout(250)
-    assert box["scrollWidth"] <= box["clientWidth"] + 1, f"the figure scrolls sideways at {width} px: {box}"
-    assert box["columnLeft"] - 1 <= box["left"] and box["right"] <= box["columnRight"] + 1, box
+    figure = figure_in_column(visit, ".attnlib-roofline-view", width)
     name = path.split("/")[-1].removesuffix(".html")
     screenshot(figure, f"roofline_{name}_{width}px")
     visit.page.screenshot(path=f"test-artifacts/roofline_{name}_{width}px_page.png", full_page=False)

@@ -143,6 +143,35 @@ def screenshot(locator, name: str) -> bytes:
     return locator.screenshot(path=str(ARTIFACTS / f"{name}.png"))
 
 
+# Where a figure's drawn parts lie against the page's content column, and whether it scrolls sideways. Only drawn
+# things count: an SVG marker's definition, an <option> or a <title> has no box.
+COLUMN_BOX = """figure => {
+    const column = figure.closest("article") || figure.closest("main");
+    const inside = [...figure.querySelectorAll("*")].map((node) => node.getBoundingClientRect())
+        .filter((r) => r.width > 0 || r.height > 0);
+    return { columnLeft: column.getBoundingClientRect().left, columnRight: column.getBoundingClientRect().right,
+             left: Math.min(...inside.map((r) => r.left)), right: Math.max(...inside.map((r) => r.right)),
+             scrollWidth: figure.scrollWidth, clientWidth: figure.clientWidth };
+}"""
+
+
+def figure_in_column(visit, selector: str, width: int):
+    """Resize the page to ``width`` px, wait for the first ``selector`` figure to settle, and assert that it stays
+    inside the content column without scrolling sideways. Returns the figure's locator."""
+    visit.page.set_viewport_size({"width": width, "height": 900})
+    figure = visit.page.locator(selector).first
+    figure.scroll_into_view_if_needed()
+    for _ in range(20):  # the page may still be settling after the resize (fonts, equations typeset above it)
+        box = figure.evaluate(COLUMN_BOX)
+        inside = box["columnLeft"] - 1 <= box["left"] and box["right"] <= box["columnRight"] + 1
+        if inside and box["scrollWidth"] <= box["clientWidth"] + 1:
+            break
+        visit.page.wait_for_timeout(250)
+    assert box["scrollWidth"] <= box["clientWidth"] + 1, f"the figure scrolls sideways at {width} px: {box}"
+    assert inside, f"the figure sticks out of the content column at {width} px: {box}"
+    return figure
+
+
 GALLERY = "chapters/widgets_gallery.html"
 
 
